@@ -1,0 +1,1 @@
+"""Whole-slide images to patches: reading, tissue detection, tiling, patch store, prepare runs."""
