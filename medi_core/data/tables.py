@@ -49,7 +49,7 @@ def read_metadata_csv(
             f"its columns are {list(table.columns)}"
         )
     for column in table.columns:
-        values = table[column].str.strip()
+        values = table[column].str.strip().astype(object)  # object dtype keeps None as None, not NaN
         table[column] = values.where(~values.map(is_missing), None)
     return table
 

@@ -192,7 +192,7 @@ def read_store_records(root: Path) -> pd.DataFrame:
         table = pd.DataFrame({"slide_id": record["slide_id"]}, index=patches.index)
         for column in ("x", "y", "level", "tissue_fraction"):
             table[column] = patches[column]
-        table["mpp"] = float(manifest["mpp"])
+        table["mpp"] = float(record.get("tile_mpp", manifest["mpp"]))  # actual µm/px of the stored tiles
         for name, value in record.get("metadata", {}).items():
             if name not in table.columns:
                 table[name] = value

@@ -1,0 +1,160 @@
+"""A `prepare` run: join slides with metadata, tile them in parallel into a patch store, report.
+
+Resumable: slides whose record is already in the store are listed as
+"already done" and not read again. Slides run in worker processes; a worker
+that dies (for example a crash inside a codec) costs only its slide, which is
+retried alone and reported as skipped if it fails again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from medi_core.wsi.config import PrepareConfig
+from medi_core.wsi.process import SlideResult, process_slide
+from medi_core.wsi.report import RunReport
+from medi_core.wsi.slide_table import JoinResult, SlideJob, find_slide_files, join_slides
+from medi_core.wsi.store import SLIDES_DIR, StoreSettings, open_store_for_writing, slide_key
+
+logger = logging.getLogger(__name__)
+
+RESOLVED_CONFIG = "prepare_config.json"
+ProgressCallback = Callable[[SlideResult], None]
+
+
+def _finished_result(out: Path, job: SlideJob) -> SlideResult | None:
+    record_path = out / SLIDES_DIR / f"{slide_key(job.slide_id)}.json"
+    if not record_path.exists():
+        return None
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    return SlideResult(
+        job.slide_id,
+        str(job.path),
+        "already done",
+        num_patches=int(record["num_patches"]),
+        metadata=record.get("metadata", job.metadata),
+        mpp=record.get("slide_mpp"),
+        mpp_source=record.get("mpp_source", ""),
+        grid_tiles=int(record.get("grid_tiles", 0)),
+        tissue_tiles=int(record.get("tissue_tiles", 0)),
+        rejected_background=int(record.get("rejected_background", 0)),
+        rejected_blur=int(record.get("rejected_blur", 0)),
+    )
+
+
+def _run_pool(
+    jobs: Sequence[SlideJob], out: Path, config: PrepareConfig, workers: int, on_result: ProgressCallback
+) -> tuple[list[SlideResult], list[SlideJob]]:
+    """Run jobs in a process pool; return the results and the jobs lost to a dead worker."""
+    results: list[SlideResult] = []
+    lost: list[SlideJob] = []
+    # fork: workers start in milliseconds and share the parent's imports; OpenSlide
+    # handles are opened only inside the workers, never inherited.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures: list[tuple[SlideJob, Future[SlideResult]]] = [
+            (job, pool.submit(process_slide, job, out, config)) for job in jobs
+        ]
+        for job, future in futures:
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                lost.append(job)
+                continue
+            results.append(result)
+            on_result(result)
+    return results, lost
+
+
+def process_jobs(
+    jobs: Sequence[SlideJob], out: Path, config: PrepareConfig, on_result: ProgressCallback
+) -> list[SlideResult]:
+    """Process slides with ``config.workers`` processes, retrying slides lost to a worker crash alone."""
+    if config.workers == 1 and jobs:
+        results = []
+        for job in jobs:
+            result = process_slide(job, out, config)
+            results.append(result)
+            on_result(result)
+        return results
+    results, lost = _run_pool(jobs, out, config, config.workers, on_result)
+    for job in lost:
+        logger.warning("slide %s: worker process died; retrying it alone", job.slide_id)
+        retried, still_lost = _run_pool([job], out, config, 1, on_result)
+        results += retried
+        if still_lost:
+            result = SlideResult(
+                job.slide_id, str(job.path), "skipped", metadata=dict(job.metadata),
+                reason=f"slide {job.slide_id}: the worker process crashed while reading it (corrupt file?)",
+            )
+            results.append(result)
+            on_result(result)
+    return results
+
+
+def prepare_slides(
+    slides: Sequence[Path],
+    metadata_csv: Path,
+    out: Path,
+    config: PrepareConfig,
+    *,
+    on_result: ProgressCallback | None = None,
+    on_plan: Callable[[int], None] | None = None,
+    slide_column: str = "slide_id",
+    class_column: str = "class",
+    site_column: str = "site",
+    mpp_column: str = "mpp",
+) -> RunReport:
+    """Tile ``slides`` (files or folders) into the patch store ``out`` and write its report.
+
+    ``on_plan`` receives the number of slides to process, ``on_result`` each
+    slide's result as it finishes (the CLI drives its progress bar with them).
+    Raises `MetadataError` for an unreadable metadata CSV and `ConfigError` for
+    invalid settings; per-slide problems are reported, never raised.
+    """
+    config.check()
+    start = time.perf_counter()
+    slide_paths, ignored = find_slide_files(slides)
+    join: JoinResult = join_slides(
+        slide_paths, metadata_csv,
+        slide_column=slide_column, class_column=class_column, site_column=site_column, mpp_column=mpp_column,
+        keep_unlisted=config.keep_unlisted,
+    )
+    join.ignored_files = ignored
+    out.mkdir(parents=True, exist_ok=True)
+    open_store_for_writing(out, StoreSettings(config.tiling.tile_size, config.tiling.mpp, config.jpeg_quality))
+    (out / RESOLVED_CONFIG).write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
+
+    results: list[SlideResult] = []
+    pending: list[SlideJob] = []
+    for job in join.jobs:
+        finished = _finished_result(out, job)
+        if finished is None:
+            pending.append(job)
+        else:
+            results.append(finished)
+    logger.info("prepare: %d slide(s) to process, %d already done, into %s", len(pending), len(results), out)
+    if on_plan is not None:
+        on_plan(len(pending))
+    results += process_jobs(pending, out, config, on_result or (lambda result: None))
+
+    skipped_unlisted = [] if config.keep_unlisted else join.unlisted_slides
+    for path in skipped_unlisted:
+        results.append(SlideResult(Path(path).stem, path, "skipped", reason=f"no row in {metadata_csv}"))
+    report = RunReport(results, join, config.to_dict(), time.perf_counter() - start)
+    report.write(out)
+    logger.info(
+        "prepare finished: %d done, %d skipped, %d patches in %.1f s",
+        len(report.done), len(report.skipped), report.num_patches, report.seconds,
+    )
+    return report
+
+
+__all__ = ["RESOLVED_CONFIG", "prepare_slides", "process_jobs"]

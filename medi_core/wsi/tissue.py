@@ -1,0 +1,136 @@
+"""Tissue detection on slide thumbnails, the brightfield check and per-tile quality filters.
+
+Default method: Otsu's threshold on HSV saturation, because stained tissue is
+coloured and glass is grey-white. A saturation floor keeps a blank slide from
+being split into "tissue" by noise. Morphological opening and closing and the
+removal of small objects and holes then clean up the mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+from skimage import filters, morphology
+
+logger = logging.getLogger(__name__)
+
+TissueMethod = Literal["otsu_saturation", "saturation_threshold"]
+
+
+@dataclass
+class TissueConfig:
+    """Tissue detection settings; sizes in thumbnail pixels unless stated otherwise."""
+
+    method: TissueMethod = "otsu_saturation"
+    thumbnail_mpp: float = 4.0  # µm/px of the detection thumbnail; a 256 px tile at 0.5 µm/px covers 32 px
+    min_saturation: float = 0.07  # floor on the threshold, HSV saturation in [0, 1]; glass is below ~0.05
+    max_luminance: float = 235.0  # brighter pixels (0-255) are background even when tinted
+    min_luminance: float = 25.0  # darker pixels are scanner borders or pen, not tissue
+    opening_radius: int = 1  # px; removes isolated speckle
+    closing_radius: int = 2  # px; joins fragmented tissue (fat, loose stroma)
+    min_object_px: int = 16  # px; smaller tissue pieces are dropped (16 px at 4 µm/px is 16 µm × 16 µm)
+    max_hole_px: int = 64  # px; holes of at most this area are filled
+
+
+@dataclass
+class TileFilterConfig:
+    """Per-tile rejection rules applied to the pixels read at the target resolution."""
+
+    max_background_fraction: float = 0.6  # reject tiles whose share of glass-white pixels exceeds this
+    background_luminance: float = 220.0  # 0-255; brighter, unsaturated pixels count as background
+    min_sharpness: float = 15.0  # variance of the Laplacian of the grey tile (0-255); below it the tile is blurred
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation of an RGB uint8 image (H, W, 3), float32 (H, W) in [0, 1]."""
+    rgb = rgb.astype(np.float32)
+    high = rgb.max(axis=2)
+    low = rgb.min(axis=2)
+    return np.where(high > 0, (high - low) / np.maximum(high, 1.0), 0.0).astype(np.float32)
+
+
+def dark_fraction(thumbnail: np.ndarray, *, luminance: float = 50.0) -> float:
+    """Share of thumbnail pixels darker than ``luminance`` (0-255)."""
+    return float((thumbnail.mean(axis=2) < luminance).mean())
+
+
+# A brightfield slide is mostly bright glass; a fluorescence or dark-field scan
+# is mostly black. Measured on the thumbnails of the sample slides: H&E Aperio
+# scans have under 1 % dark pixels, a DAPI NDPI scan 90 %.
+MAX_BRIGHTFIELD_DARK_FRACTION = 0.5
+
+
+def is_brightfield(thumbnail: np.ndarray) -> tuple[bool, float]:
+    """Return (True if the slide looks like a brightfield scan, its dark-pixel fraction)."""
+    fraction = dark_fraction(thumbnail)
+    return fraction <= MAX_BRIGHTFIELD_DARK_FRACTION, fraction
+
+
+def detect_tissue(thumbnail: np.ndarray, config: TissueConfig) -> np.ndarray:
+    """Return the tissue mask (H, W) bool of an RGB uint8 thumbnail (H, W, 3)."""
+    sat = saturation(thumbnail)
+    luminance = thumbnail.mean(axis=2)
+    usable = (luminance <= config.max_luminance) & (luminance >= config.min_luminance)
+    if config.method == "otsu_saturation":
+        candidates = sat[luminance >= config.min_luminance]  # glass included, so Otsu separates glass from tissue
+        threshold = config.min_saturation
+        if candidates.size and candidates.max() > candidates.min():
+            threshold = max(float(filters.threshold_otsu(candidates)), config.min_saturation)
+    elif config.method == "saturation_threshold":
+        threshold = config.min_saturation
+    else:
+        raise ValueError(f"unknown tissue method {config.method!r}; use otsu_saturation or saturation_threshold")
+    mask = usable & (sat > threshold)
+    if config.opening_radius > 0:
+        mask = ndimage.binary_opening(mask, structure=morphology.disk(config.opening_radius))
+    if config.closing_radius > 0:
+        # Pad first: scipy's closing treats outside the image as background and
+        # would erode tissue that touches the thumbnail border.
+        pad = config.closing_radius
+        padded = np.pad(mask, pad, mode="edge")
+        mask = ndimage.binary_closing(padded, structure=morphology.disk(pad))[pad:-pad, pad:-pad]
+    if config.min_object_px > 0:
+        mask = _drop_small_components(mask, config.min_object_px)
+    if config.max_hole_px > 0:
+        mask = ~_drop_small_components(~mask, config.max_hole_px)
+    logger.debug("tissue threshold %.3f, tissue fraction %.3f", threshold, mask.mean())
+    return mask
+
+
+def _drop_small_components(mask: np.ndarray, max_px: int) -> np.ndarray:
+    """Remove 4-connected components of ``max_px`` pixels or fewer from a bool mask."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes > max_px
+    keep[0] = False  # label 0 is the unselected area
+    return keep[labels]
+
+
+def background_fraction(tile: np.ndarray, config: TileFilterConfig) -> float:
+    """Share of glass-white pixels (bright and unsaturated) in a tile (H, W, 3) uint8."""
+    small = tile[::2, ::2]  # every other pixel: 4x cheaper, same share within ~1 %
+    bright = small.min(axis=2) >= config.background_luminance
+    return float(bright.mean())
+
+
+def sharpness(tile: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey tile, a standard focus measure (higher is sharper)."""
+    grey = tile.mean(axis=2, dtype=np.float32)
+    return float(ndimage.laplace(grey).var())
+
+
+__all__ = [
+    "TissueConfig",
+    "TileFilterConfig",
+    "background_fraction",
+    "detect_tissue",
+    "is_brightfield",
+    "saturation",
+    "sharpness",
+]
