@@ -1,0 +1,138 @@
+"""Tests of slide opening, resolution fallbacks and recovery from read errors."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import tifffile
+
+from medi_core.errors import SlideReadError
+from medi_core.wsi.reader import SlideReader, resolve_mpp
+
+WSI = Path(__file__).resolve().parents[2] / "shared" / "data" / "wsi"
+CMU = WSI / "CMU-1-Small-Region.svs"
+FROZEN = WSI / "TCGA-CR-7395-01A-01-TS1.svs"
+NDPI = WSI / "hamamatsu-fluorescence-dapi.ndpi"
+needs_slides = pytest.mark.skipif(not CMU.is_file(), reason=f"real slides not found in {WSI}")
+
+
+def test_mpp_from_slide_property():
+    mpp, source = resolve_mpp({"openslide.mpp-x": "0.499", "openslide.mpp-y": "0.499"}, "s")
+    assert (mpp, source) == (pytest.approx(0.499), "slide MPP")
+
+
+def test_mpp_from_tiff_centimetres(caplog):
+    # 43826 px/cm -> 1e4 / 43826 = 0.22818 µm/px
+    properties = {"tiff.XResolution": "43826", "tiff.YResolution": "43826", "tiff.ResolutionUnit": "centimeter"}
+    with caplog.at_level(logging.WARNING):
+        mpp, source = resolve_mpp(properties, "slide-7")
+    assert mpp == pytest.approx(0.22818, abs=1e-5)
+    assert source == "TIFF resolution"
+    assert "slide slide-7: no usable openslide.mpp-x/y" in caplog.text
+
+
+def test_mpp_ignores_72_dpi_default():
+    # 72 px/inch is 352.8 µm/px, a file default, not a scan resolution
+    properties = {"tiff.XResolution": "72", "tiff.YResolution": "72", "tiff.ResolutionUnit": "inch",
+                  "openslide.objective-power": "40"}
+    mpp, source = resolve_mpp(properties, "s")
+    assert (mpp, source) == (pytest.approx(0.25), "objective power")
+
+
+def test_mpp_from_objective_power_logged(caplog):
+    with caplog.at_level(logging.WARNING):
+        mpp, _ = resolve_mpp({"openslide.objective-power": "20"}, "slide-9")
+    assert mpp == pytest.approx(0.5)
+    assert "slide slide-9: estimating MPP as 0.500 from objective power 20" in caplog.text
+
+
+def test_mpp_missing_names_fixes():
+    with pytest.raises(SlideReadError, match=r"slide s: no usable resolution .* --mpp .* MPP column"):
+        resolve_mpp({}, "s")
+
+
+def test_mpp_default_used_last():
+    assert resolve_mpp({}, "s", default_mpp=0.5) == (0.5, "user --mpp")
+
+
+def test_mpp_column_wins():
+    properties = {"openslide.mpp-x": "0.25", "openslide.mpp-y": "0.25"}
+    assert resolve_mpp(properties, "s", column_mpp=0.5) == (0.5, "user column")
+
+
+def test_mpp_column_implausible():
+    with pytest.raises(SlideReadError, match="outside the plausible range"):
+        resolve_mpp({}, "s", column_mpp=250.0)
+
+
+def test_reader_missing_file(tmp_path):
+    with pytest.raises(SlideReadError, match=r"file .*gone\.svs not found"):
+        SlideReader(tmp_path / "gone.svs")
+
+
+def test_reader_png_rejected(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(path)
+    with pytest.raises(SlideReadError, match="not in a slide format OpenSlide supports"):
+        SlideReader(path)
+
+
+@needs_slides
+def test_reader_truncated_svs(tmp_path):
+    path = tmp_path / "half.svs"
+    data = CMU.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideReadError, match="damaged or truncated"):
+        SlideReader(path)
+
+
+def _corrupt_tiles(source: Path, target: Path, tiles: range) -> None:
+    shutil.copy(source, target)
+    with tifffile.TiffFile(source) as tif:
+        offsets, counts = tif.pages[0].dataoffsets, tif.pages[0].databytecounts
+    with open(target, "r+b") as handle:
+        for index in tiles:
+            handle.seek(offsets[index])
+            handle.write(b"\xff\x00" * (counts[index] // 2))
+
+
+@needs_slides
+def test_reader_reopens_after_corrupt_tile(tmp_path):
+    path = tmp_path / "corrupt.svs"
+    _corrupt_tiles(CMU, path, range(0, 1))  # first 240 px TIFF tile, at level-0 (0, 0)
+    with SlideReader(path) as reader:
+        with pytest.raises(SlideReadError, match="failed twice"):
+            reader.read_rgb((0, 0), 0, (64, 64))
+        tile = reader.read_rgb((1024, 1024), 0, (64, 64))  # the reopened handle reads intact tiles
+    assert tile.shape == (64, 64, 3)
+
+
+@needs_slides
+def test_reader_ndpi_levels():
+    with SlideReader(NDPI) as reader:
+        assert reader.level_downsamples[:3] == (1.0, 2.0, 4.0)
+        assert reader.best_level(3.0).level == 1
+
+
+@needs_slides
+def test_thumbnail_size_and_white_outside():
+    with SlideReader(FROZEN) as reader:
+        thumbnail = reader.thumbnail(8.0)
+    # 4443 / 8 = 555.4 -> 555, 3567 / 8 = 445.9 -> 446
+    assert thumbnail.shape == (446, 555, 3)
+
+
+@needs_slides
+def test_thumbnail_chunked_matches_whole(monkeypatch):
+    with SlideReader(CMU) as reader:
+        whole = reader.thumbnail(4.0)
+        monkeypatch.setattr("medi_core.wsi.reader.THUMBNAIL_CHUNK_PX", 512)
+        chunked = reader.thumbnail(4.0)
+    assert chunked.shape == whole.shape
+    # chunk seams are resampled separately, so allow a small mean difference (0-255)
+    assert abs(chunked.astype(float) - whole.astype(float)).mean() < 3.0
