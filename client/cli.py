@@ -1,4 +1,4 @@
-"""`medi-client`: the hospital-side command line (``prepare`` tiles local slides into a patch store)."""
+"""`medi-client`: the hospital-side command line (``prepare`` tiles local slides into a patch store, ``start`` joins a federation)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from medi_client.prepare import add_prepare_arguments, run_prepare
+from medi_client.start import add_start_arguments, run_start
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_prepare_arguments(prepare)
     prepare.set_defaults(handler=run_prepare)
+    start = commands.add_parser(
+        "start",
+        help="join a federation as a Flower SuperNode",
+        description="Run a Flower SuperNode for this site: TLS to the coordinator, SuperNode authentication, "
+                    "the site's data path, site id, output folder and privacy limit as node config.",
+    )
+    add_start_arguments(start)
+    start.set_defaults(handler=run_start)
     return parser
 
 

@@ -1,0 +1,146 @@
+"""One round of local training at a site: global weights in, weight delta and metrics out.
+
+The site rebuilds the model from the round's configs, loads the received
+weights, runs ``local-steps`` optimiser steps of the core `Trainer` on its own
+patches (FedProx term if the server asks for one), and returns
+``w_local - w_received``. AdamW moments, the learning-rate schedule position
+and the random generator persist on the site's disk between rounds
+(``output-dir/state/<run-name>/trainer.pt``), so local training continues
+one schedule across rounds and across a restart of the SuperNode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medi_core import protocol as P
+from medi_core import transfer
+from medi_core.config import DiffusionConfig, ModelConfig, TrainConfig, config_from_dict
+from medi_core.data import iterate_batches
+from medi_core.diffusion import GaussianDiffusion
+from medi_core.errors import NonFiniteError, PrivacyError
+from medi_core.metadata import MetadataSpec
+from medi_core.model import build_model
+from medi_core.training import Trainer
+from medi_client.site import SiteConfig, open_site_data
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer.pt"
+
+
+def configs_from_round(config: Mapping[str, Any]) -> tuple[ModelConfig, DiffusionConfig, MetadataSpec]:
+    """Model config, diffusion config and frozen metadata spec sent by the server."""
+    return (
+        config_from_dict(ModelConfig, json.loads(str(config[P.MODEL_CONFIG]))),
+        config_from_dict(DiffusionConfig, json.loads(str(config[P.DIFFUSION_CONFIG]))),
+        MetadataSpec.from_json(str(config[P.METADATA_SPEC])),
+    )
+
+
+def load_weights(model: torch.nn.Module, weights: Mapping[str, np.ndarray], *, site: str) -> None:
+    """Copy received fp32 arrays into ``model``; the names and shapes must match exactly."""
+    state = model.state_dict()
+    reference = {k: v for k, v in state.items() if v.is_floating_point()}
+    try:
+        transfer.check_same_layout(weights, {k: v.numpy() for k, v in reference.items()}, what=f"site {site}: received weights")
+    except ValueError as err:
+        raise ValueError(f"{err}; the server and this site run different model code") from err
+    for name, value in weights.items():
+        state[name] = torch.from_numpy(np.asarray(value, dtype=np.float32)).to(state[name].dtype)
+    model.load_state_dict(state)
+
+
+def _restore_trainer_state(trainer: Trainer, path: Path, *, site: str) -> None:
+    if not path.is_file():
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        trainer.generator.set_state(state["generator"])
+        trainer.step = int(state["step"])
+    except (KeyError, RuntimeError, ValueError, EOFError) as err:
+        # A damaged state file only costs the optimiser's moments; the weights come from the server.
+        logger.warning("site %s: local trainer state %s is unreadable (%s); starting fresh moments", site, path, err)
+
+
+def _save_trainer_state(trainer: Trainer, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "optimizer": trainer.optimizer.state_dict(),
+            "lr_scheduler": trainer.lr_scheduler.state_dict(),
+            "generator": trainer.generator.get_state(),
+            "step": trainer.step,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def train_round(
+    site: SiteConfig,
+    global_weights: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Run the site's local steps; return (weight delta in fp32, metrics for the server)."""
+    started = time.perf_counter()
+    server_round = int(config.get(P.SERVER_ROUND, 0))
+    model_config, diffusion_config, spec = configs_from_round(config)
+    train_config = config_from_dict(TrainConfig, json.loads(str(config[P.TRAIN_CONFIG])))
+    # Each site draws its own noise, timesteps and dropout: mix the site id into the seed.
+    train_config.seed = train_config.seed * 1_000_003 + zlib.crc32(site.site_id.encode())
+    local_steps = int(config[P.LOCAL_STEPS])
+    proximal_mu = float(config.get(P.PROXIMAL_MU, 0.0))
+    run_name = str(config[P.RUN_NAME])
+
+    dataset = open_site_data(site, image_size=model_config.sample_size)
+    model = build_model(model_config, spec)
+    load_weights(model, global_weights, site=site.site_id)
+    trainer = Trainer(model, GaussianDiffusion(diffusion_config), train_config, device=site.torch_device())
+    state_path = site.state_dir(run_name) / TRAINER_STATE
+    _restore_trainer_state(trainer, state_path, site=site.site_id)
+
+    if site.max_epsilon > 0:
+        # Integration point for DP-SGD (medi_core.privacy): the private trainer must
+        # replace `trainer.train_steps` below, with the accountant kept in
+        # site.privacy_dir and its epsilon reported under P.EPSILON.
+        raise PrivacyError(
+            f"site {site.site_id}: max-epsilon={site.max_epsilon} asks for differential privacy, "
+            "but DP-SGD is not wired into federated training in this version; "
+            "set max-epsilon=0 to train without DP"
+        )
+
+    # A fresh shuffle per round, reproducible from the seed, the site and the round.
+    batch_generator = torch.Generator().manual_seed(train_config.seed * 1_000_003 + server_round)
+    batches = iterate_batches(dataset, spec, train_config.batch_size, generator=batch_generator)
+    anchor = {k: v.detach().clone() for k, v in trainer.model.named_parameters()} if proximal_mu > 0 else None
+    try:
+        result = trainer.train_steps(batches, local_steps, proximal_mu=proximal_mu, anchor_params=anchor)
+    except NonFiniteError as err:
+        raise NonFiniteError(f"site {site.site_id}, round {server_round}: {err}") from err
+    _save_trainer_state(trainer, state_path)
+
+    local = transfer.state_to_numpy(trainer.model.state_dict())
+    delta = transfer.weight_delta(local, global_weights)
+    metrics = {
+        P.NUM_EXAMPLES: float(len(dataset)),  # FedAvg weights sites by their number of patches
+        P.TRAIN_LOSS: float(result.mean_loss),
+        P.TRAIN_SECONDS: float(result.seconds),
+        P.STEPS_DONE: float(result.steps),
+        P.HANDLER_SECONDS: float(time.perf_counter() - started),
+    }
+    logger.info("site %s, round %d: %d steps on %d patches, mean loss %.4f, %.1f s",
+                site.site_id, server_round, result.steps, len(dataset), result.mean_loss, result.seconds)
+    return delta, metrics

@@ -1,0 +1,174 @@
+"""Settings of a federated MeDi run, read from Flower's run config (``[tool.flwr.app.config]``).
+
+Flower passes run settings as a flat ``key = value`` mapping
+(``context.run_config``), the same under a real SuperLink and under the
+simulation engine, so `FederationSettings` is the one source of options: its
+field names are the run-config keys with ``_`` for ``-``, `DEFAULT_RUN_CONFIG`
+lists every key for ``pyproject.toml``, and the dataclass is registered in
+Hydra's ConfigStore (group ``federation``) for the simulation CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from hydra.core.config_store import ConfigStore
+
+from medi_core.balance import BALANCE_POLICIES
+from medi_core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+StrategyName = Literal["fedavg", "fedprox", "fedadam"]
+TransferPrecision = Literal["float32", "float16"]
+UnseenValues = Literal["unknown", "reject"]
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+PRECISIONS = ("float32", "float16")
+
+
+@dataclass
+class FederationSettings:
+    """Every option of a federated run; units in the comments."""
+
+    # -- run ------------------------------------------------------------------
+    num_server_rounds: int = 2
+    run_dir: str = "runs/medi"  # checkpoints, metrics, sampler; relative paths resolve from the ServerApp's cwd
+    run_name: str = "medi"  # stable name of the run: names the sites' local state and outputs
+    resume: bool = False  # continue from the last complete round in run_dir
+    seed: int = 0
+
+    # -- model and local training ---------------------------------------------
+    model_preset: str = "tiny"  # "tiny", "small" or "medi-paper"
+    local_steps: int = 5  # optimiser steps per site and round
+    batch_size: int = 8
+    lr: float = 1e-4
+    condition_dropout: float = 0.1  # per-field probability of training the null condition (CFG)
+    mixed_precision: str = "auto"
+
+    # -- aggregation ------------------------------------------------------------
+    strategy: str = "fedavg"  # "fedavg", "fedprox" or "fedadam"
+    proximal_mu: float = 0.01  # FedProx weight of 0.5 * ||w - w_global||^2
+    server_lr: float = 1e-2  # FedAdam server step size (eta)
+    server_tau: float = 1e-3  # FedAdam adaptivity (tau): larger is closer to plain averaging
+    min_clients: int = 2  # a round needs this many accepted updates
+    max_update_norm: float = 0.0  # reject an update whose L2 norm (all weights) exceeds this; 0: no bound
+    server_ema_decay: float = 0.9  # per-round EMA of the global weights (the sampler uses the EMA)
+    transfer_precision: str = "float32"  # "float16" halves the bytes on the wire
+    round_timeout: float = 3600.0  # seconds to wait for a round's replies
+    keep_checkpoints: int = 2  # complete round checkpoints kept in run_dir
+
+    # -- handshake and balance --------------------------------------------------
+    k_anonymity: int = 5  # counts under k are reported as "<k"
+    summary_fields: str = "class,site"  # categorical fields counted and conditioned on
+    unseen_values: str = "unknown"  # a late site's unseen value: map to "unknown" or reject the site
+    handshake_timeout: float = 600.0  # seconds
+    balance_policy: str = "max"  # "max", "median" or "fixed"
+    balance_target: int = 0  # target per cell for the "fixed" policy
+    max_synthetic_per_cell: int = 0  # cap of generated patches per (site, class); 0: no cap
+
+    # -- sampling -----------------------------------------------------------------
+    synthesize: bool = True  # send the sampler and quotas to the sites at the end
+    sample_steps: int = 50  # DDIM steps at the sites
+    guidance_scale: float = 0.0  # classifier-free guidance weight; 0: no guidance
+    sample_batch_size: int = 16
+    grid_every: int = 1  # sample grid (class x site) from the EMA every N rounds; 0: never
+    grid_steps: int = 20  # DDIM steps of the sample grid
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_server_rounds >= 1, "num-server-rounds", "an integer >= 1"),
+            (self.local_steps >= 1, "local-steps", "an integer >= 1"),
+            (self.batch_size >= 1, "batch-size", "an integer >= 1"),
+            (self.lr > 0, "lr", "a learning rate > 0"),
+            (0.0 <= self.condition_dropout < 1.0, "condition-dropout", "a probability in [0, 1)"),
+            (self.strategy in STRATEGIES, "strategy", f"one of {list(STRATEGIES)}"),
+            (self.proximal_mu >= 0, "proximal-mu", "a weight >= 0"),
+            (self.min_clients >= 1, "min-clients", "an integer >= 1"),
+            (self.max_update_norm >= 0, "max-update-norm", "a norm >= 0 (0: no bound)"),
+            (0.0 <= self.server_ema_decay < 1.0, "server-ema-decay", "a decay in [0, 1)"),
+            (self.transfer_precision in PRECISIONS, "transfer-precision", f"one of {list(PRECISIONS)}"),
+            (self.round_timeout > 0, "round-timeout", "seconds > 0"),
+            (self.keep_checkpoints >= 1, "keep-checkpoints", "an integer >= 1"),
+            (self.k_anonymity >= 1, "k-anonymity", "an integer >= 1"),
+            (self.unseen_values in ("unknown", "reject"), "unseen-values", "'unknown' or 'reject'"),
+            (self.balance_policy in BALANCE_POLICIES, "balance-policy", f"one of {list(BALANCE_POLICIES)}"),
+            (self.balance_target >= 0, "balance-target", "a count >= 0"),
+            (self.max_synthetic_per_cell >= 0, "max-synthetic-per-cell", "a count >= 0 (0: no cap)"),
+            (self.sample_steps >= 1, "sample-steps", "an integer >= 1"),
+            (self.guidance_scale >= 0, "guidance-scale", "a scale >= 0"),
+            (self.sample_batch_size >= 1, "sample-batch-size", "an integer >= 1"),
+            (self.grid_every >= 0, "grid-every", "an integer >= 0 (0: never)"),
+            (self.grid_steps >= 1, "grid-steps", "an integer >= 1"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ConfigError(f"run config {key} = {getattr(self, key.replace('-', '_'))!r} is invalid; expected {expected}")
+        if "class" not in self.fields_list:
+            raise ConfigError(f"run config summary-fields = {self.summary_fields!r} must include 'class'")
+
+    @property
+    def fields_list(self) -> list[str]:
+        return [f.strip() for f in self.summary_fields.split(",") if f.strip()]
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir).expanduser().resolve()
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationSettings:
+        """Build settings from Flower's run config; unknown keys are rejected by name."""
+        names = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in run_config.items():
+            name = str(key).replace("-", "_")
+            if name not in names:
+                raise ConfigError(f"unknown run config key {key!r}; valid keys are {sorted(DEFAULT_RUN_CONFIG)}")
+            values[name] = _coerce(key, value, type(getattr(cls(), name)))
+        return cls(**values)
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {name.replace("_", "-"): value for name, value in asdict(self).items()}
+
+    def summary_lines(self) -> list[str]:
+        """A one-screen summary of the settings, for the log at start."""
+        d = self.to_run_config()
+        groups = [
+            ("run", ["run-name", "run-dir", "num-server-rounds", "resume", "seed"]),
+            ("model", ["model-preset", "local-steps", "batch-size", "lr", "condition-dropout", "mixed-precision"]),
+            ("aggregation", ["strategy", "proximal-mu", "server-lr", "server-tau", "min-clients",
+                             "max-update-norm", "server-ema-decay", "transfer-precision", "round-timeout"]),
+            ("handshake", ["k-anonymity", "summary-fields", "unseen-values", "balance-policy",
+                           "balance-target", "max-synthetic-per-cell"]),
+            ("sampling", ["synthesize", "sample-steps", "guidance-scale", "sample-batch-size", "grid-every"]),
+        ]
+        return [f"{title:>12}: " + ", ".join(f"{k}={d[k]}" for k in keys) for title, keys in groups]
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Flower parses TOML, so ints may arrive for floats and vice versa; convert without surprises."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"run config {key} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not float(value).is_integer():
+            raise ConfigError(f"run config {key} must be an integer, got {value!r}")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"run config {key} must be a number, got {value!r}")
+        return float(value)
+    return str(value)
+
+
+DEFAULT_RUN_CONFIG: dict[str, Any] = FederationSettings().to_run_config()
+
+
+def register_configs() -> None:
+    """Register `FederationSettings` in Hydra's ConfigStore as ``federation/default``."""
+    ConfigStore.instance().store(group="federation", name="default", node=FederationSettings())
