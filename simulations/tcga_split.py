@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from medi_core.errors import BarcodeError, DatasetError, MetadataError
+from medi_core.evaluation.patches import LabeledPatches
 from medi_core.metadata import tss_from_barcode
 
 logger = logging.getLogger(__name__)
@@ -367,6 +368,28 @@ def split_records(
     )
 
 
+def evaluation_patches(
+    dataset: Any, plan: SitePlan, *, image_size: int | None = None, tss_column: str = "site"
+) -> tuple[LabeledPatches, LabeledPatches]:
+    """Load a `PatchDataset` split by ``plan`` as (training, held-out test) `LabeledPatches`.
+
+    Training patches carry their plan site (``other`` for merged codes), and
+    held-out patches their own TSS code, so test metrics are per held-out site.
+    """
+    split = split_records(dataset.records, plan, tss_column=tss_column)
+    if not split.train or split.holdout.size == 0:
+        raise MetadataError(
+            f"the site plan leaves {len(split.train)} training site(s) and {split.holdout.size} held-out "
+            "patches; the evaluation needs both, so hold out some TSS codes"
+        )
+    train_rows = np.sort(np.concatenate(list(split.train.values())))
+    train = LabeledPatches.from_dataset(dataset.subset(train_rows), image_size=image_size, name="real train")
+    train_sites = record_tss(dataset.records.iloc[train_rows], tss_column=tss_column).map(plan.site_for)
+    train = replace(train, sites=train_sites.to_numpy().astype(str))
+    test = LabeledPatches.from_dataset(dataset.subset(split.holdout), image_size=image_size, name="real held-out")
+    return train, test
+
+
 __all__ = [
     "HOLDOUT_SPLIT",
     "OTHER_SITE",
@@ -374,6 +397,7 @@ __all__ = [
     "RecordSplit",
     "SitePlan",
     "choose_holdout_tss",
+    "evaluation_patches",
     "plan_sites",
     "plan_sites_for_records",
     "read_institution_map",
