@@ -160,11 +160,11 @@ def _corrupt_level0_tiles(source: Path, target: Path, tiles: range) -> None:
 
 def test_bad_corrupt_tile_data(tmp_path):
     corrupt = tmp_path / "corrupt.svs"
-    # TIFF tile rows 4-5 (level-0 y 960-1440), through the tissue. CMU has no pyramid,
-    # so the thumbnail read from level 0 already fails.
+    # TIFF tile rows 4-5 (level-0 y 960-1440), through the tissue. The thumbnail comes
+    # from the intact embedded image, so the first tissue tile read fails.
     _corrupt_level0_tiles(CMU, corrupt, range(40, 60))
     report = _run_with_cmu(tmp_path, corrupt)
-    assert "the file is probably corrupt" in _by_id(report)["corrupt"].reason
+    assert "tiles are unreadable" in _by_id(report)["corrupt"].reason
     assert _by_id(report)["CMU-1-Small-Region"].num_patches == CMU_PATCHES
 
 

@@ -6,8 +6,10 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from medi_core.errors import SlideReadError
 from medi_core.wsi.reader import SlideReader, resolve_mpp
@@ -127,12 +129,24 @@ def test_thumbnail_size_and_white_outside():
     assert thumbnail.shape == (446, 555, 3)
 
 
-@needs_slides
-def test_thumbnail_chunked_matches_whole(monkeypatch):
-    with SlideReader(CMU) as reader:
-        whole = reader.thumbnail(4.0)
-        monkeypatch.setattr("medi_core.wsi.reader.THUMBNAIL_CHUNK_PX", 512)
-        chunked = reader.thumbnail(4.0)
+def test_thumbnail_chunked_matches_whole(tmp_path, monkeypatch):
+    from medi_core.wsi.synthetic import write_synthetic_slide
+
+    # one level and no embedded thumbnail, so the thumbnail is read from level 0
+    path = write_synthetic_slide(tmp_path / "flat.svs", width=1500, height=1000, mpp=0.5, downsamples=(1,))
+    with SlideReader(path) as reader:
+        whole = reader.thumbnail(8.0)
+        monkeypatch.setattr("medi_core.wsi.reader.THUMBNAIL_CHUNK_PX", 256)
+        chunked = reader.thumbnail(8.0)
     assert chunked.shape == whole.shape
     # chunk seams are resampled separately, so allow a small mean difference (0-255)
     assert abs(chunked.astype(float) - whole.astype(float)).mean() < 3.0
+
+
+@needs_slides
+def test_thumbnail_embedded_matches_level():
+    with SlideReader(CMU) as reader:
+        embedded = reader.thumbnail(8.0)  # level 0 is 16x larger than the output: embedded thumbnail
+        from_level = reader.thumbnail(1.9)  # level 0 is 3.6x larger: read from the level
+    resized = np.asarray(Image.fromarray(from_level).resize(embedded.shape[1::-1], Image.Resampling.BILINEAR))
+    assert abs(resized.astype(float) - embedded.astype(float)).mean() < 10.0

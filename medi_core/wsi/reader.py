@@ -169,7 +169,7 @@ class SlideReader:
         return LevelChoice(level, float(self.level_downsamples[level]))
 
     def read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        """Read a region as RGB uint8 (height, width, 3); transparent pixels become white.
+        """Read a region as RGB uint8 (height, width, 3); transparent pixels become white (255).
 
         After an `openslide.OpenSlideError` the handle is broken, so it is reopened
         and the read retried once; a second failure raises `SlideReadError`.
@@ -187,21 +187,27 @@ class SlideReader:
                 logger.warning("slide %s: read error at (x, y)=%s (%s); reopening the slide", self.slide_id, location, err)
                 self._slide.close()
                 self._slide = self._open()
-        rgba = np.asarray(region)  # (H, W, 4) uint8, alpha 0 outside the scanned area
-        rgb = rgba[..., :3].copy()
-        rgb[rgba[..., 3] == 0] = 255
-        return rgb
+        # OpenSlide marks pixels outside the scanned area with alpha 0; put them on
+        # white glass. getextrema() runs in C, so intact tiles skip the compositing.
+        if region.getextrema()[3][0] < 255:
+            region = Image.alpha_composite(Image.new("RGBA", region.size, (255, 255, 255, 255)), region)
+        return np.asarray(region.convert("RGB"))  # (H, W, 3) uint8
 
     def thumbnail(self, downsample: float) -> np.ndarray:
         """Return the whole slide at ``downsample`` (level-0 px per thumbnail px) as RGB (H, W, 3).
 
-        Reads the coarsest level at or above that resolution in chunks of at most
+        Uses the scanner's embedded thumbnail when the coarsest usable level is much
+        larger than the output. Otherwise reads that level in chunks of at most
         `THUMBNAIL_CHUNK_PX` px, so memory stays bounded for slides without a pyramid.
         """
         width, height = self.dimensions
         out_w, out_h = max(1, round(width / downsample)), max(1, round(height / downsample))
         choice = self.best_level(downsample)
         level_w, level_h = self.level_dimensions[choice.level]
+        if level_w * level_h > 4 * out_w * out_h:
+            embedded = self._embedded_thumbnail(out_w, out_h)
+            if embedded is not None:
+                return embedded
         scale = out_w / level_w  # thumbnail px per level px
         thumbnail = np.full((out_h, out_w, 3), 255, dtype=np.uint8)
         for top in range(0, level_h, THUMBNAIL_CHUNK_PX):
@@ -218,6 +224,24 @@ class SlideReader:
                 resized = Image.fromarray(chunk).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
                 thumbnail[y0:y1, x0:x1] = np.asarray(resized)
         return thumbnail
+
+
+    def _embedded_thumbnail(self, out_w: int, out_h: int) -> np.ndarray | None:
+        """Resize the scanner's own ``thumbnail`` image when it covers the slide at enough resolution.
+
+        Decoding a whole pyramid level costs more than the tiles themselves on a
+        slide without a coarse level. Aperio files store a thumbnail of the same
+        region; macro and label images show the whole glass and are never used.
+        """
+        if "thumbnail" not in self._slide.associated_images:
+            return None
+        embedded = self._slide.associated_images["thumbnail"]
+        width, height = self.dimensions
+        same_aspect = abs(embedded.width / embedded.height - width / height) <= 0.01 * width / height
+        if not same_aspect or embedded.width < out_w:
+            return None
+        resized = embedded.convert("RGB").resize((out_w, out_h), Image.Resampling.BILINEAR)
+        return np.asarray(resized)
 
 
 __all__ = ["SLIDE_SUFFIXES", "MppSource", "SlideReader", "resolve_mpp"]

