@@ -1,0 +1,261 @@
+"""Run report: one folder with CSV tables, PNG plots and a markdown summary of what the numbers mean.
+
+``write_report(folder, ...)`` takes whatever parts of a run exist (downstream
+results, sweeps, fidelity tables, training metrics, synthetic samples) and
+writes:
+
+| file                            | content                                                  |
+|---------------------------------|----------------------------------------------------------|
+| ``summary.md``                  | configuration, tables and how to read them               |
+| ``config.json``                 | the resolved run configuration                           |
+| ``downstream_results.csv``      | tidy per-seed results of `run_configurations`            |
+| ``downstream_summary.csv``      | mean, SEM and seed count per configuration, site, metric |
+| ``per_site_accuracy.png``       | balanced accuracy per held-out site and configuration     |
+| ``sweep_<parameter>.csv/.png``  | each sweep, raw and plotted                              |
+| ``fidelity.csv``                | Fréchet and kernel distances per synthetic set and class |
+| ``site_fidelity.csv``           | site-classifier accuracy per (class, intended site)      |
+| ``training_rounds.png``         | loss and epsilon per round and site                       |
+| ``samples_<name>.png``          | class x site grid of synthetic patches                   |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medi_core.errors import EvaluationError
+from medi_core.evaluation.metrics import (
+    ALL_SITES,
+    BALANCED_ACCURACY,
+    MCC,
+    SITE_BALANCED_ACCURACY,
+    SUMMARY_METRICS,
+    WORST_SITE_BALANCED_ACCURACY,
+    format_mean_sem,
+    summarise_over_seeds,
+)
+from medi_core.evaluation.patches import LabeledPatches
+from medi_core.evaluation.runner import REAL
+from medi_core.report_plots import plot_per_site_accuracy, plot_sweep, plot_training_rounds, sample_grid
+
+logger = logging.getLogger(__name__)
+
+METRIC_TITLES = {
+    BALANCED_ACCURACY: "balanced acc.",
+    SITE_BALANCED_ACCURACY: "site-avg. balanced acc.",
+    WORST_SITE_BALANCED_ACCURACY: "worst-site balanced acc.",
+    MCC: "MCC",
+}
+
+METRIC_EXPLANATION = """\
+How to read this table. Every probe is trained on the training sites and tested
+only on held-out sites, which no training step has seen.
+- *Balanced accuracy* is the mean recall over the classes of all held-out patches;
+  chance level is 1 / number of classes.
+- *Site-avg. balanced accuracy* is the same measure computed per held-out site and
+  then averaged with equal weight per site, so small sites count as much as big ones.
+- *Worst-site balanced accuracy* is the lowest per-site value: the site-bias measure
+  that site-conditioned synthesis is meant to raise.
+- *MCC* (Matthews correlation) ranges from -1 to 1, with 0 for chance, and uses all
+  cells of the confusion matrix.
+- Values are mean ± standard error of the mean over seeds. Seeds change the random
+  subsampling, the synthetic patches drawn and the stain jitter, not the test set.
+  A single seed gives no SEM, and a SEM of 0 means that every seed gave the same value.
+"""
+
+
+def read_metrics(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """Read per-round metrics from a JSONL or CSV file (or pass a DataFrame through)."""
+    if isinstance(source, pd.DataFrame):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise EvaluationError(f"metrics file {path} not found; pass the run's metrics/sites.jsonl or a CSV")
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return pd.DataFrame(rows)
+    return pd.read_csv(path)
+
+
+def markdown_table(table: pd.DataFrame, *, float_digits: int = 3) -> str:
+    """Format a DataFrame as a GitHub markdown table (floats rounded, NaN shown as a dash)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "–" if math.isnan(value) else f"{value:.{float_digits}f}"
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(str(c) for c in table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def downstream_overview(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per configuration with the four summary metrics as ``mean ± SEM`` strings."""
+    rows = []
+    overall = summary[summary["site"] == ALL_SITES]
+    for configuration, part in overall.groupby("configuration", sort=False):
+        values = part.set_index("metric")
+        row: dict[str, Any] = {"configuration": configuration}
+        for metric in SUMMARY_METRICS:
+            row[METRIC_TITLES[metric]] = format_mean_sem(values.loc[metric, "mean"], values.loc[metric, "sem"])
+        row["seeds"] = int(values["n_seeds"].max())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _worst_site_finding(summary: pd.DataFrame) -> str:
+    """State which configuration has the best worst-site accuracy and how it compares with real only."""
+    rows = summary[(summary["site"] == ALL_SITES) & (summary["metric"] == WORST_SITE_BALANCED_ACCURACY)]
+    if rows.empty or REAL not in set(rows["configuration"]):
+        return ""
+    by_configuration = rows.set_index("configuration")
+    best = by_configuration["mean"].idxmax()
+    real = by_configuration.loc[REAL]
+    if best == REAL:
+        return f"No configuration improved the worst-site balanced accuracy over real data only ({real['mean']:.3f})."
+    top = by_configuration.loc[best]
+    difference = top["mean"] - real["mean"]
+    combined = math.sqrt(top["sem"] ** 2 + real["sem"] ** 2) if not (math.isnan(top["sem"]) or math.isnan(real["sem"])) else math.nan
+    if math.isnan(combined):
+        strength = "a single seed gives no error estimate"
+    elif difference > 2 * combined:
+        strength = f"more than twice the combined SEM ({combined:.3f})"
+    else:
+        strength = f"within twice the combined SEM ({combined:.3f}), so not clearly different"
+    return (
+        f"The best worst-site balanced accuracy comes from **{best}** ({top['mean']:.3f}), "
+        f"{difference:+.3f} against real data only ({real['mean']:.3f}): {strength}. "
+        "This is a rough guide, not a significance test."
+    )
+
+
+def _site_fidelity_finding(table: pd.DataFrame) -> str:
+    synthetic = table[table["source"] == "synthetic"].dropna(subset=["site_accuracy"])
+    if synthetic.empty:
+        return ""
+    parts = []
+    for in_training, label in ((True, "cells with real training patches"), (False, "cells absent from the real data")):
+        cells = synthetic[synthetic["in_training"] == in_training]
+        if len(cells):
+            parts.append(f"{label}: {cells['site_accuracy'].mean():.3f} over {len(cells)} cells")
+    real = table[table["source"] == "real"].dropna(subset=["site_accuracy"])
+    reference = f" The classifier's cross-validated accuracy on real patches is {real['site_accuracy'].mean():.3f}." if len(real) else ""
+    return (
+        "Mean site accuracy of synthetic patches, "
+        + "; ".join(parts)
+        + f" (chance {synthetic['chance'].iloc[0]:.3f}).{reference} Accuracy near the real reference means the "
+        "synthetic patches carry their intended site's appearance."
+    )
+
+
+def write_report(
+    folder: str | Path,
+    *,
+    title: str = "MeDi-Fed run",
+    config: Mapping[str, Any] | None = None,
+    results: pd.DataFrame | None = None,
+    sweeps: Mapping[str, pd.DataFrame] | None = None,
+    fidelity: pd.DataFrame | None = None,
+    site_fidelity: pd.DataFrame | None = None,
+    metrics: str | Path | pd.DataFrame | None = None,
+    samples: Mapping[str, LabeledPatches] | None = None,
+    description: Sequence[str] = (),
+) -> Path:
+    """Write the report folder and return the path of ``summary.md``.
+
+    ``description`` lines (data set, sites, encoder, what was held out) open
+    the summary, so the reader knows the setting before the numbers.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", ""]
+
+    lines += ["## Configuration", ""]
+    lines += [f"- {line}" for line in description]
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        lines.append("- Full resolved configuration: [config.json](config.json)")
+    lines.append("")
+
+    if results is not None and len(results):
+        results.to_csv(folder / "downstream_results.csv", index=False)
+        summary = summarise_over_seeds(results)
+        summary.to_csv(folder / "downstream_summary.csv", index=False)
+        plot_per_site_accuracy(summary, folder / "per_site_accuracy.png")
+        test_sites = sorted(set(results["site"]) - {ALL_SITES})
+        lines += [
+            "## Downstream classification on held-out sites",
+            "",
+            f"Held-out test sites: {', '.join(test_sites)}.",
+            "",
+            markdown_table(downstream_overview(summary)),
+            "",
+            _worst_site_finding(summary),
+            "",
+            METRIC_EXPLANATION,
+            "![balanced accuracy per held-out site](per_site_accuracy.png)",
+            "",
+        ]
+
+    for parameter, table in (sweeps or {}).items():
+        table.to_csv(folder / f"sweep_{parameter}.csv", index=False)
+        sweep_summary = summarise_over_seeds(table, by=("parameter_value", "configuration"))
+        plot_sweep(sweep_summary, parameter, folder / f"sweep_{parameter}.png", (BALANCED_ACCURACY, WORST_SITE_BALANCED_ACCURACY))
+        lines += [f"## Sweep over {parameter}", "", f"![sweep over {parameter}](sweep_{parameter}.png)", ""]
+
+    if fidelity is not None and len(fidelity):
+        fidelity.to_csv(folder / "fidelity.csv", index=False)
+        encoder = fidelity.attrs.get("encoder", "the evaluation encoder")
+        lines += [
+            "## Fidelity",
+            "",
+            f"Distances between real and synthetic patches in the feature space of {encoder}; lower is closer. "
+            "Use them to rank synthetic sets against each other. They are not comparable with published FID values "
+            "unless the encoder is Inception-v3.",
+            "",
+            markdown_table(fidelity),
+            "",
+        ]
+
+    if site_fidelity is not None and len(site_fidelity):
+        site_fidelity.to_csv(folder / "site_fidelity.csv", index=False)
+        lines += [
+            "## Site fidelity",
+            "",
+            "A site classifier trained on real patches predicts the site of each synthetic patch; "
+            "the table gives the share predicted as the intended site per (class, site) cell.",
+            "",
+            _site_fidelity_finding(site_fidelity),
+            "",
+            markdown_table(site_fidelity[site_fidelity["source"] == "synthetic"].drop(columns=["source"])),
+            "",
+        ]
+
+    if metrics is not None:
+        table = read_metrics(metrics)
+        if len(table) and "round" in table.columns:
+            plot_training_rounds(table, folder / "training_rounds.png")
+            lines += ["## Training", "", "![loss and epsilon per round](training_rounds.png)", ""]
+        else:
+            logger.warning("report %s: the metrics have no rows or no 'round' column; skipping the training plot", folder)
+
+    for name, patches in (samples or {}).items():
+        file_name = f"samples_{name}.png"
+        sample_grid(patches, folder / file_name)
+        lines += [f"## Samples: {name}", "", "Rows are classes, columns are sites.", "", f"![{name} samples]({file_name})", ""]
+
+    path = folder / "summary.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    logger.info("wrote report %s", path)
+    return path
+
+
+__all__ = ["downstream_overview", "markdown_table", "read_metrics", "write_report"]

@@ -1,0 +1,138 @@
+"""PNG plots of a run report: per-site accuracy by configuration, sweeps, loss and epsilon per round, sample grids."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are written on servers and CI machines without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from medi_core.evaluation.metrics import ALL_SITES, BALANCED_ACCURACY  # noqa: E402
+from medi_core.evaluation.patches import LabeledPatches  # noqa: E402
+from medi_core.imaging import labelled_grid  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+DPI = 120  # enough for a README or a slide, small enough to keep reports light
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return path
+
+
+def plot_per_site_accuracy(summary: pd.DataFrame, path: Path) -> Path:
+    """Draw grouped bars of balanced accuracy per held-out site, one bar per configuration, SEM as error bars.
+
+    ``summary`` is `summarise_over_seeds` output. The last group is the
+    site average, which shows a configuration that helps only the big sites.
+    """
+    rows = summary[(summary["metric"] == BALANCED_ACCURACY) & (summary["site"] != ALL_SITES)]
+    averaged = summary[(summary["metric"] == "site_balanced_accuracy") & (summary["site"] == ALL_SITES)]
+    configurations = list(dict.fromkeys(rows["configuration"]))
+    sites = sorted(set(rows["site"])) + ["site mean"]
+    width = 0.8 / max(len(configurations), 1)
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(sites) * max(len(configurations), 2) / 2), 4))
+    for index, configuration in enumerate(configurations):
+        part = rows[rows["configuration"] == configuration].set_index("site")
+        mean_row = averaged[averaged["configuration"] == configuration]
+        means = [part["mean"].get(s, np.nan) for s in sites[:-1]] + [mean_row["mean"].iloc[0] if len(mean_row) else np.nan]
+        errors = [part["sem"].get(s, np.nan) for s in sites[:-1]] + [mean_row["sem"].iloc[0] if len(mean_row) else np.nan]
+        positions = np.arange(len(sites)) + (index - (len(configurations) - 1) / 2) * width
+        axes.bar(positions, means, width, yerr=np.nan_to_num(errors), capsize=2, label=configuration)
+    axes.set_xticks(np.arange(len(sites)), sites)
+    axes.set_ylim(0, 1.05)
+    axes.set_xlabel("held-out site")
+    axes.set_ylabel("balanced accuracy")
+    axes.set_title("Balanced accuracy per held-out site (mean ± SEM over seeds)")
+    axes.legend(fontsize="small", ncols=min(len(configurations), 3))
+    return _save(figure, path)
+
+
+def plot_sweep(summary: pd.DataFrame, parameter: str, path: Path, metrics: Sequence[str]) -> Path:
+    """Draw each metric against the swept parameter, one line per configuration, SEM as error bars."""
+    rows = summary[summary["site"] == ALL_SITES]
+    figure, axes_list = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for axes, metric in zip(axes_list[0], metrics, strict=True):
+        for configuration, part in rows[rows["metric"] == metric].groupby("configuration", sort=False):
+            part = part.sort_values("parameter_value")
+            values = part["parameter_value"].astype(float)
+            axes.errorbar(values, part["mean"], yerr=np.nan_to_num(part["sem"].to_numpy(dtype=float)), marker="o", capsize=2, label=configuration)
+        axes.set_xlabel(parameter)
+        axes.set_ylabel(metric.replace("_", " "))
+    axes_list[0][0].legend(fontsize="small")
+    figure.suptitle(f"Sweep over {parameter} (mean ± SEM over seeds)")
+    return _save(figure, path)
+
+
+def plot_training_rounds(metrics: pd.DataFrame, path: Path) -> Path:
+    """Draw training loss and privacy spent (epsilon) per round, one line per site.
+
+    ``metrics`` has a ``round`` column, optionally ``site``, a loss column
+    (``train_loss`` or ``loss``) and optionally ``epsilon``. Without epsilon
+    values (a run without differential privacy) the right panel shows a note.
+    """
+    table = metrics.copy()
+    loss_column = next((c for c in ("train_loss", "loss") if c in table.columns), None)
+    if "site" not in table.columns:
+        table["site"] = "all"
+    figure, (loss_axes, epsilon_axes) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for site, part in table.groupby("site", sort=True):
+        part = part.sort_values("round")
+        if loss_column is not None:
+            loss_axes.plot(part["round"], pd.to_numeric(part[loss_column], errors="coerce"), marker=".", label=str(site))
+        if "epsilon" in part.columns:
+            epsilon = pd.to_numeric(part["epsilon"], errors="coerce")
+            if epsilon.notna().any():
+                epsilon_axes.plot(part["round"], epsilon, marker=".", label=str(site))
+    loss_axes.set_xlabel("round")
+    loss_axes.set_ylabel("training loss (mean per local step)")
+    loss_axes.set_title("Diffusion loss per round")
+    if loss_column is None:
+        loss_axes.text(0.5, 0.5, "no loss column in the metrics", ha="center", transform=loss_axes.transAxes)
+    else:
+        loss_axes.legend(fontsize="small")
+    for axes in (loss_axes, epsilon_axes):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epsilon_axes.set_xlabel("round")
+    epsilon_axes.set_ylabel("epsilon spent")
+    epsilon_axes.set_title("Privacy spent per round")
+    if epsilon_axes.lines:
+        epsilon_axes.legend(fontsize="small")
+    else:
+        epsilon_axes.text(0.5, 0.5, "no epsilon values: trained without DP", ha="center", transform=epsilon_axes.transAxes)
+    return _save(figure, path)
+
+
+def _to_pil(image: np.ndarray) -> Image.Image:
+    """Convert (3, H, W) float in [-1, 1] to an RGB PIL image."""
+    array = ((np.clip(image, -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8)
+    return Image.fromarray(array.transpose(1, 2, 0))
+
+
+def sample_grid(patches: LabeledPatches, path: Path, *, per_cell: int = 4, tile_size: int = 64) -> Path:
+    """Save a class x site grid with up to ``per_cell`` patches per cell; empty cells stay blank."""
+    cells: dict[tuple[str, str], list[Image.Image]] = {}
+    images = patches.images.numpy()
+    for index, (label, site) in enumerate(zip(patches.labels.tolist(), patches.sites.tolist(), strict=True)):
+        cell = cells.setdefault((label, site), [])
+        if len(cell) < per_cell:
+            cell.append(_to_pil(images[index]).resize((tile_size, tile_size), Image.Resampling.NEAREST))
+    grid = labelled_grid(cells, list(patches.classes), list(patches.site_names), per_cell=per_cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+__all__ = ["plot_per_site_accuracy", "plot_sweep", "plot_training_rounds", "sample_grid"]
