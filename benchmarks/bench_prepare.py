@@ -155,10 +155,12 @@ def main() -> None:
     parser.add_argument("--histolab-python", default=None, help="python of a virtual environment with histolab")
     parser.add_argument("--large-px", type=int, default=40_000, help="side of the generated slide in px (0: skip)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the memory run")
+    parser.add_argument("--part", choices=["all", "speed", "memory"], default="all",
+                        help="run the speed comparison, the memory run, or both (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    for name, (file, default_mpp) in SLIDES.items():
+    for name, (file, default_mpp) in SLIDES.items() if args.part != "memory" else ():
         row = bench_slide(name, DATA / file, default_mpp, args.repeats, args.histolab_python)
         ratio_raw = row["prepare_patches_per_s"] / row["raw_tiles_per_s"]
         line = (
@@ -175,7 +177,7 @@ def main() -> None:
             line += f"; histolab failed: {row['histolab_error']}"
         print(line, flush=True)
 
-    if args.large_px:
+    if args.large_px and args.part != "speed":
         memory = bench_memory(args.large_px, args.workers)
         print(
             f"large slide {memory['side_px']} x {memory['side_px']} px (written in {memory['write_seconds']:.0f} s): "

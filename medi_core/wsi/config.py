@@ -24,7 +24,7 @@ class PrepareConfig:
     # Share of a slide's planned tiles allowed to fail reading (corrupt tile data)
     # before the whole slide is rejected as corrupt.
     max_unreadable_fraction: float = 0.01
-    preview_max_px: int = 1024  # longest side of the per-slide preview PNG
+    preview_max_px: int = 1024  # maximum width or height of the per-slide preview PNG, px
 
     def check(self) -> None:
         """Raise `ConfigError` naming the first invalid setting."""

@@ -1,9 +1,9 @@
 """A `prepare` run: join slides with metadata, tile them in parallel into a patch store, report.
 
 Resumable: slides whose record is already in the store are listed as
-"already done" and not read again. Slides run in worker processes; a worker
-that dies (for example a crash inside a codec) costs only its slide, which is
-retried alone and reported as skipped if it fails again.
+"already done" and not read again. Slides run in worker processes. A worker
+that dies (for example a crash inside a codec) costs only its slide, because
+that slide is retried alone and reported as skipped if it fails again.
 """
 
 from __future__ import annotations

@@ -76,6 +76,10 @@ def process_slide(job: SlideJob, out: Path, config: PrepareConfig) -> SlideResul
         result.status = "skipped"
         result.reason = str(err)
         logger.warning("skipped %s", err)
+    except Exception as err:  # noqa: BLE001 - one slide's unforeseen failure must not stop the run
+        logger.exception("slide %s (%s): unexpected error, slide skipped", job.slide_id, job.path)
+        result.status = "skipped"
+        result.reason = f"slide {job.slide_id}: unexpected error {type(err).__name__}: {err}; see the log"
     result.seconds = time.perf_counter() - start
     return result
 

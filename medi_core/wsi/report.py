@@ -84,16 +84,19 @@ class RunReport:
                 f"| {s.slide_id} | {s.status} | {s.num_patches} | {s.metadata.get(CLASS_FIELD)} | "
                 f"{s.metadata.get(SITE_FIELD)} | {mpp} | {s.mpp_source} | {s.rejected_background} / {s.rejected_blur} |"
             )
+
         lines += ["", "## Slides skipped", ""]
         lines += [f"- `{s.path}`: {s.reason}" for s in self.skipped] or ["none"]
         lines += ["", "## Patches per class", ""] + _count_lines(self.counts_by(CLASS_FIELD))
         lines += ["", "## Patches per site", ""] + _count_lines(self.counts_by(SITE_FIELD))
+
         lines += ["", "## Metadata CSV join", ""]
         lines += _list_section("slide files without a CSV row", self.join.unlisted_slides)
         lines += _list_section("CSV rows without a slide file", self.join.rows_without_slide)
         lines += _list_section("duplicate slide ids in the CSV (first row kept)", self.join.duplicate_ids)
         lines += _list_section("slide ids found as more than one file (first kept)", self.join.duplicate_files)
         lines += _list_section("files in slide folders that are not slides", self.join.ignored_files)
+
         if self.extra_notes:
             lines += ["", "## Notes", ""] + [f"- {note}" for note in self.extra_notes]
         return "\n".join(lines) + "\n"
