@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,10 @@ def require_brca_dataset():  # -> medi_core.data.PatchDataset
     return open_patch_source(BRCA, image_size=IMAGE_SIZE)
 
 
+@functools.cache
 def load_brca_patches() -> LabeledPatches:
-    """All 120 BRCA-M2C patches with their dominant cell class and TSS code."""
+    """All 120 BRCA-M2C patches with their dominant cell class and TSS code.
+
+    Decoded once per test session and shared, so callers must not modify the images in place.
+    """
     return LabeledPatches.from_dataset(require_brca_dataset(), name="brca")

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
 import contextlib
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +31,7 @@ from torch import nn
 
 from medi_core.errors import EvaluationError, MissingDependencyError
 from medi_core.evaluation.patches import LabeledPatches
+from medi_core.evaluation.threads import single_thread
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +54,6 @@ class EncoderConfig:
     epochs: int = 30  # passes over the training patches for "cnn"
     learning_rate: float = 2e-3  # Adam step size for "cnn"
     seed: int = 0
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch ops on one intra-op thread, restoring the previous count afterwards.
-
-    The small encoders gain nothing from intra-op threads. On a loaded 2-core
-    machine, a SmallCNN training step took 0.03 s with one thread and up to 1 s
-    with two, because OpenMP workers wait on each other (measured with torch
-    2.13 CPU).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class FeatureEncoder(ABC):

@@ -37,6 +37,7 @@ import torch
 from medi_core.errors import EvaluationError, MissingDependencyError
 from medi_core.evaluation.encoders import FeatureEncoder
 from medi_core.evaluation.patches import LabeledPatches
+from medi_core.evaluation.threads import single_thread
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     mu_a, mu_b = features_a.mean(axis=0), features_b.mean(axis=0)
     cov_a = np.atleast_2d(np.cov(features_a, rowvar=False))
     cov_b = np.atleast_2d(np.cov(features_b, rowvar=False))
-    eigenvalues = np.linalg.eigvals(cov_a @ cov_b)
+    with single_thread():
+        eigenvalues = np.linalg.eigvals(cov_a @ cov_b)
     trace_root = float(np.sum(np.sqrt(np.clip(eigenvalues.real, 0.0, None))))  # rounding can leave tiny negatives
     value = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_root)
     return max(value, 0.0)
@@ -94,10 +96,11 @@ def kernel_distance(
     gamma = 1.0 / features_a.shape[1] if gamma is None else gamma
     rng = np.random.default_rng(seed)
     values = []
-    for _ in range(num_subsets):
-        x = features_a[rng.choice(features_a.shape[0], size=size, replace=False)]
-        y = features_b[rng.choice(features_b.shape[0], size=size, replace=False)]
-        values.append(_unbiased_mmd2(x, y, degree, gamma, coef0))
+    with single_thread():
+        for _ in range(num_subsets):
+            x = features_a[rng.choice(features_a.shape[0], size=size, replace=False)]
+            y = features_b[rng.choice(features_b.shape[0], size=size, replace=False)]
+            values.append(_unbiased_mmd2(x, y, degree, gamma, coef0))
     return float(np.mean(values)), float(np.std(values))
 
 

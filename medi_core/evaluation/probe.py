@@ -12,6 +12,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from medi_core.errors import EvaluationError
+from medi_core.evaluation.threads import single_thread
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def fit_probe(
         logger.warning("probe %s: training set has one class (%s), predicting it everywhere", context, classes[0])
         return ConstantProbe(str(classes[0]))
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced"))
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, single_thread():
         warnings.simplefilter("always", ConvergenceWarning)
         probe.fit(features, labels)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):

@@ -93,11 +93,9 @@ def _check_inputs(train: LabeledPatches, test: LabeledPatches, synthetic: Mappin
             raise EvaluationError(f"synthetic set name {name!r} clashes with a built-in configuration name")
 
 
-def _draw(pool: _Embedded, count: int | None, rng: np.random.Generator, label: str) -> _Embedded:
-    """Draw ``count`` patches from ``pool`` without replacement (all of them when count is None)."""
+def _draw(pool: _Embedded, count: int | None, rng: np.random.Generator) -> _Embedded:
+    """Draw ``count`` patches from ``pool`` without replacement (all of them when count is None or larger)."""
     if count is None or count >= len(pool.patches):
-        if count is not None and count > len(pool.patches):
-            logger.warning("%s: %d patches requested but only %d available; using all", label, count, len(pool.patches))
         return pool
     return pool.take(np.sort(rng.choice(len(pool.patches), size=count, replace=False)))
 
@@ -137,6 +135,7 @@ def _run_embedded(
             f"num_train_sites must be between 1 and {len(train_sites)} (the training sites {train_sites}), "
             f"got {config.num_train_sites}"
         )
+    short_pools: set[str] = set()  # synthetic sets already reported as smaller than requested
     for seed in config.seeds:
         rng = np.random.default_rng(seed)
         real = train
@@ -162,7 +161,13 @@ def _run_embedded(
         for name, pool in synthetic.items():
             if config.num_train_sites is not None:
                 pool = pool.take(np.flatnonzero(np.isin(pool.patches.sites, kept_sites)))
-            drawn = _draw(pool, n_added, rng, f"{name}, seed {seed}")
+            if n_added is not None and n_added > len(pool.patches) and name not in short_pools:
+                short_pools.add(name)
+                logger.warning(
+                    "synthetic set %s: ratio %s asks for %d patches but only %d exist; using all of them "
+                    "(the n_added column has the actual count)", name, config.synthetic_ratio, n_added, len(pool.patches),
+                )
+            drawn = _draw(pool, n_added, rng)
             features = np.concatenate([real.features, drawn.features])
             labels = np.concatenate([real.patches.labels, drawn.patches.labels])
             _score(rows, configuration_name(name), seed, features, labels, test, n_real, len(drawn.patches), config)
