@@ -15,9 +15,9 @@ def single_thread() -> Iterator[None]:
 
     The evaluation models are tiny (a 16-channel CNN, logistic regression on a
     few hundred features), so extra threads gain little. On a loaded 2-core
-    machine they cost a lot, because idle workers wait on each other: a
+    machine they cost a lot, because idle workers wait on each other. There a
     SmallCNN training step took 0.03 s on one thread and up to 1 s on two
-    (torch 2.13 CPU), and a probe fit took 0.03 s against 0.45 s (OpenBLAS, 2 threads).
+    (torch 2.13 CPU). A probe fit took 0.03 s against 0.45 s (OpenBLAS, 2 threads).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
