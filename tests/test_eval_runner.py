@@ -9,7 +9,7 @@ import pytest
 
 from eval_support import require_brca_dataset
 
-from medi_core.errors import EvaluationError
+from medi_core.errors import EvaluationError, MetadataError
 from medi_core.evaluation import (
     ALL_SITES,
     EvaluationConfig,
@@ -146,3 +146,10 @@ def test_sweep_rejects_unknown_parameter(split: tuple[LabeledPatches, LabeledPat
     train, test = split
     with pytest.raises(EvaluationError, match="sweep parameter must be"):
         run_sweep(train, test, {}, encoder=encoder, parameter="epochs", values=[1])  # type: ignore[arg-type]
+
+
+def test_evaluation_patches_needs_holdout() -> None:
+    dataset = require_brca_dataset()
+    plan = plan_sites_for_records(dataset.records, grouping="top_k", top_k=3)
+    with pytest.raises(MetadataError, match="hold out some TSS codes"):
+        evaluation_patches(dataset, plan)
