@@ -77,7 +77,10 @@ def private_trainer(
     **privacy: object,
 ) -> PrivateTrainer:
     """A CPU trainer of ``preset`` (channels-last, as in training) made private with ``privacy`` options."""
-    config = TrainConfig(batch_size=batch_size, total_steps=100, channels_last=True, seed=seed)
+    # No warm-up: the first step then has the full learning rate, so one step changes the weights.
+    config = TrainConfig(
+        batch_size=batch_size, total_steps=100, warmup_fraction=0.0, channels_last=True, seed=seed
+    )
     trainer = build_trainer(model_preset(preset), spec, config, device="cpu")
     trainer.model.to(dtype)
     if dtype != torch.float32:

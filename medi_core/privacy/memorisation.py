@@ -140,7 +140,7 @@ def memorisation_check(
     holdout_summary = _summary(holdout_nn)
     synthetic_summary = _summary(synthetic_nn)
     ratio = synthetic_summary.median / holdout_summary.median if holdout_summary.median > 0 else float("inf")
-    close = float((synthetic_nn < holdout_summary.p05).float().mean())
+    close = float((synthetic_nn < holdout_summary.p05).double().mean())
     return MemorisationReport(
         feature_space=f"random-conv-{FEATURE_SEED}-{FEATURE_IMAGE_SIZE}px",
         num_train=int(train_features.shape[0]),
