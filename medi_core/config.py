@@ -124,7 +124,7 @@ class TrainConfig:
     grad_clip_norm: float = 1.0  # max global gradient L2 norm (non-DP training)
     batch_size: int = 32
     mixed_precision: str = "auto"  # "auto": bf16 on a GPU that supports it, else fp32
-    channels_last: bool = True
+    channels_last: bool = True  # applied on CUDA devices only (slower on CPU)
     seed: int = 0
 
     def __post_init__(self) -> None:

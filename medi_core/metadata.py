@@ -35,7 +35,8 @@ CLASS_FIELD = "class"
 SITE_FIELD = "site"
 
 # Spellings the GDC portal and spreadsheets use for "no value".
-MISSING_MARKERS = frozenset({"", "'--", "--", "unknown", "not reported", "nan", "none", "na", "n/a"})
+# "NA" is deliberately absent: it is a real TCGA tissue source site code.
+MISSING_MARKERS = frozenset({"", "'--", "--", "unknown", "not reported", "nan"})
 
 OnUnknown = Literal["map", "reject"]
 

@@ -76,7 +76,10 @@ class Trainer:
         self.spec: MetadataSpec = model.spec
         self.model_config: ModelConfig = model.config
         self.model = model.to(self.device)
-        if config.channels_last:
+        # channels-last helps cuDNN convolutions; on the CPU it measured slower here (tiny preset,
+        # batch 16: 4.5 s vs 3.4 s per step on a loaded 2-core machine), so it applies to CUDA only.
+        self.channels_last = config.channels_last and self.device.type == "cuda"
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -104,7 +107,7 @@ class Trainer:
     def to_device(self, batch: Batch) -> Batch:
         x, cond = batch
         x = x.to(self.device, non_blocking=True)
-        if self.config.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, {k: v.to(self.device, non_blocking=True) for k, v in cond.items()}
 

@@ -124,3 +124,7 @@ def test_barcode_with_uuid_suffix():
 def test_barcode_malformed_rejected(bad):
     with pytest.raises(BarcodeError, match="is not a TCGA barcode"):
         parse_tcga_barcode(bad)
+
+
+def test_is_missing_keeps_tss_code_na():
+    assert not is_missing("NA")
