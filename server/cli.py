@@ -106,6 +106,8 @@ def serve(run_dir: Path, state: dict[str, Any], *, resume: bool, timeout: float)
                              database=run_dir / "superlink.db"),
         env=env, log_path=run_dir / "logs" / "superlink.log",
     )
+    state["superlink_pid"] = link.pid  # lets an operator (or a test) find the SuperLink of this run
+    _save_state(run_dir, state)
     streamer = None
     try:
         connect_host = "127.0.0.1" if state["host"] in ("0.0.0.0", "::") else state["host"]

@@ -8,6 +8,8 @@ and dependency installation switched off.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -88,6 +90,24 @@ class Loopback:
                                    start_new_session=True, cwd=self.root)
         self.clients[site] = process
         return process
+
+    def crash_server(self) -> None:
+        """SIGKILL medi-server and its SuperLink, as a power cut would (the ServerApp exits with its parent)."""
+        state = json.loads((self.run_dir / "federation.json").read_text())
+        for pid in (state.get("superlink_pid"), self.server.pid if self.server else None):
+            if pid is None:
+                continue
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.server is not None:
+            self.server.wait(timeout=30)
+
+    def kill_client(self, site: str) -> None:
+        """SIGKILL a site's SuperNode and the ClientApp it runs."""
+        os.killpg(self.clients[site].pid, signal.SIGKILL)
+        self.clients[site].wait(timeout=30)
 
     def site_dir(self, site: str) -> Path:
         return self.root / "sites" / site
