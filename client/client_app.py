@@ -55,7 +55,7 @@ def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 def summary(message: Message, context: Context) -> Message:
     """Handshake: k-anonymised counts per metadata cell of this site."""
     _setup_logging()
-    site = SiteConfig.from_node_config(context.node_config)
+    site = SiteConfig.from_context(context)
     config = message.content.config_records[P.CONFIG]
     k = int(config[P.K_ANONYMITY])
     fields = [f.strip() for f in str(config[P.SUMMARY_FIELDS]).split(",") if f.strip()]
@@ -70,7 +70,7 @@ def summary(message: Message, context: Context) -> Message:
 def train(message: Message, context: Context) -> Message:
     """One round of local training; replies with the weight delta in the transfer precision."""
     _setup_logging()
-    site = SiteConfig.from_node_config(context.node_config)
+    site = SiteConfig.from_context(context)
     config = dict(message.content.config_records[P.CONFIG])
     delta, metrics = train_round(site, _arrays(message), config)
     precision = str(config.get(P.TRANSFER_PRECISION, "float32"))
@@ -82,7 +82,7 @@ def train(message: Message, context: Context) -> Message:
 def synthesize(message: Message, context: Context) -> Message:
     """Save the global sampler, generate this site's quota locally, reply with counts."""
     _setup_logging()
-    site = SiteConfig.from_node_config(context.node_config)
+    site = SiteConfig.from_context(context)
     config = dict(message.content.config_records[P.CONFIG])
     written, counts = synthesize_quota(site, _arrays(message), config)
     content = RecordDict({

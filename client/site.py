@@ -13,10 +13,16 @@ into ``--node-config``); the server never sees them:
 | ``data-kind`` | source kind, default ``auto`` |
 | ``device`` | ``auto``, ``cpu`` or ``cuda`` |
 | ``audit-log`` | optional JSONL file listing every reply this site sends |
+
+Under Flower's simulation engine a virtual node's config holds only
+``partition-id`` and ``num-partitions``. `SiteConfig.from_context` then reads
+the node config of that partition from the JSON site table named by the run
+config key ``site-table`` (written by ``medi-sim``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +39,9 @@ from medi_core.metadata import SITE_FIELD
 logger = logging.getLogger(__name__)
 
 SOURCE_KINDS = ("auto", "patch_store", "tcga_ut", "labelled_folder", "manifest")
+RUN_SITE_TABLE = "site-table"  # run config key: JSON site table of a simulated federation
+PARTITION_ID = "partition-id"  # node config key Flower's simulation engine sets on virtual nodes
+NUM_PARTITIONS = "num-partitions"
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,14 @@ class SiteConfig:
             audit_log=Path(audit).expanduser() if audit else None,
         )
 
+    @classmethod
+    def from_context(cls, context: Any) -> SiteConfig:
+        """Read the site from ``context.node_config``, or from the run's site table for a simulated node."""
+        node_config = context.node_config
+        if str(node_config.get(P.NODE_DATA_PATH, "")).strip() or PARTITION_ID not in node_config:
+            return cls.from_node_config(node_config)
+        return cls.from_node_config(site_table_entry(context.run_config, node_config))
+
     @property
     def privacy_dir(self) -> Path:
         return self.privacy_state_dir or self.output_dir / "privacy"
@@ -95,6 +112,31 @@ class SiteConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"site {self.site_id}: node config device=cuda, but no CUDA device is available")
         return torch.device(self.device)
+
+
+def site_table_entry(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the node config of a simulated node's partition from the JSON site table ``{partition id: node config}``."""
+    partition = node_config[PARTITION_ID]
+    table_path = str(run_config.get(RUN_SITE_TABLE, "")).strip()
+    if not table_path:
+        raise ConfigError(
+            f"simulated node with partition-id {partition} has no site settings: its node config has no "
+            f"{P.NODE_DATA_PATH} and the run config sets no {RUN_SITE_TABLE}; run simulations with `medi-sim`"
+        )
+    try:
+        table = json.loads(Path(table_path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"site table {table_path} (run config {RUN_SITE_TABLE}) is unreadable: {err}") from None
+    expected = node_config.get(NUM_PARTITIONS)
+    if expected is not None and int(expected) != len(table):
+        raise ConfigError(
+            f"site table {table_path} lists {len(table)} sites but the simulation runs {expected} virtual "
+            "nodes; set num-supernodes to the number of sites"
+        )
+    entry = table.get(str(partition))
+    if not isinstance(entry, dict):
+        raise ConfigError(f"site table {table_path} has no entry for partition-id {partition}; its keys are {sorted(table)}")
+    return entry
 
 
 def open_site_data(site: SiteConfig, *, image_size: int) -> PatchDataset:

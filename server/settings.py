@@ -79,6 +79,9 @@ class FederationSettings:
     grid_every: int = 1  # sample grid (class x site) from the EMA every N rounds; 0: never
     grid_steps: int = 20  # DDIM steps of the sample grid
 
+    # -- simulation -----------------------------------------------------------------
+    site_table: str = ""  # JSON file: simulated partition-id -> site node config (medi-sim); empty in deployments
+
     def __post_init__(self) -> None:
         checks = [
             (self.num_server_rounds >= 1, "num-server-rounds", "an integer >= 1"),
