@@ -25,12 +25,13 @@ import torch
 from medi_core import protocol as P
 from medi_core import transfer
 from medi_core.config import DiffusionConfig, ModelConfig, TrainConfig, config_from_dict
-from medi_core.data import iterate_batches
+from medi_core.data import PatchDataset, iterate_batches
 from medi_core.diffusion import GaussianDiffusion
-from medi_core.errors import NonFiniteError, PrivacyError
+from medi_core.errors import NonFiniteError
 from medi_core.metadata import MetadataSpec
 from medi_core.model import build_model
-from medi_core.training import Trainer
+from medi_core.privacy import PrivacyConfig, make_private
+from medi_core.training import Trainer, TrainResult
 from medi_client.site import SiteConfig, open_site_data
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,40 @@ def _save_trainer_state(trainer: Trainer, path: Path) -> None:
     tmp.replace(path)
 
 
+def _train_private(
+    trainer: Trainer,
+    dataset: PatchDataset,
+    site: SiteConfig,
+    *,
+    run_name: str,
+    server_round: int,
+    local_steps: int,
+    proximal_mu: float,
+    anchor: dict[str, torch.Tensor] | None,
+) -> tuple[TrainResult, dict[str, float]]:
+    """DP-SGD local steps: noise calibrated so the whole run spends ``max-epsilon``, never more.
+
+    The accountant lives in ``privacy-state-dir`` under the run's name, so a
+    restarted SuperNode continues the same budget; `make_private` raises
+    `PrivacyBudgetExceeded` before a step that would pass ``max-epsilon``.
+    """
+    private = make_private(
+        trainer,
+        privacy=PrivacyConfig(enabled=True, target_epsilon=site.max_epsilon),
+        num_examples=len(dataset),
+        state_path=site.privacy_dir / f"{run_name}-accountant.json",
+        planned_steps=trainer.config.total_steps,
+        max_epsilon=site.max_epsilon,
+        site=site.site_id,
+    )
+    try:
+        result = private.train_steps(dataset, local_steps, proximal_mu=proximal_mu, anchor_params=anchor, round_id=server_round)
+    finally:
+        private.close()
+    spent = result.privacy_metrics()
+    return result.train, {P.EPSILON: float(spent["epsilon"]), P.EPSILON_DELTA: float(spent["delta"])}
+
+
 def train_round(
     site: SiteConfig,
     global_weights: Mapping[str, np.ndarray],
@@ -112,22 +147,19 @@ def train_round(
     state_path = site.state_dir(run_name) / TRAINER_STATE
     _restore_trainer_state(trainer, state_path, site=site.site_id)
 
-    if site.max_epsilon > 0:
-        # Integration point for DP-SGD (medi_core.privacy): the private trainer must
-        # replace `trainer.train_steps` below, with the accountant kept in
-        # site.privacy_dir and its epsilon reported under P.EPSILON.
-        raise PrivacyError(
-            f"site {site.site_id}: max-epsilon={site.max_epsilon} asks for differential privacy, "
-            "but DP-SGD is not wired into federated training in this version; "
-            "set max-epsilon=0 to train without DP"
-        )
-
-    # A fresh shuffle per round, reproducible from the seed, the site and the round.
-    batch_generator = torch.Generator().manual_seed(train_config.seed * 1_000_003 + server_round)
-    batches = iterate_batches(dataset, spec, train_config.batch_size, generator=batch_generator)
     anchor = {k: v.detach().clone() for k, v in trainer.model.named_parameters()} if proximal_mu > 0 else None
+    privacy_metrics: dict[str, float] = {}
     try:
-        result = trainer.train_steps(batches, local_steps, proximal_mu=proximal_mu, anchor_params=anchor)
+        if site.max_epsilon > 0:
+            result, privacy_metrics = _train_private(
+                trainer, dataset, site, run_name=run_name, server_round=server_round, local_steps=local_steps,
+                proximal_mu=proximal_mu, anchor=anchor,
+            )
+        else:
+            # A fresh shuffle per round, reproducible from the seed, the site and the round.
+            batch_generator = torch.Generator().manual_seed(train_config.seed + server_round)
+            batches = iterate_batches(dataset, spec, train_config.batch_size, generator=batch_generator)
+            result = trainer.train_steps(batches, local_steps, proximal_mu=proximal_mu, anchor_params=anchor)
     except NonFiniteError as err:
         raise NonFiniteError(f"site {site.site_id}, round {server_round}: {err}") from err
     _save_trainer_state(trainer, state_path)
@@ -136,10 +168,12 @@ def train_round(
     delta = transfer.weight_delta(local, global_weights)
     metrics = {
         P.NUM_EXAMPLES: float(len(dataset)),  # FedAvg weights sites by their number of patches
-        P.TRAIN_LOSS: float(result.mean_loss),
+        # Under DP the loss is computed on private data without noise, outside the guarantee: not sent.
+        P.TRAIN_LOSS: float("nan") if privacy_metrics else float(result.mean_loss),
         P.TRAIN_SECONDS: float(result.seconds),
         P.STEPS_DONE: float(result.steps),
         P.HANDLER_SECONDS: float(time.perf_counter() - started),
+        **privacy_metrics,
     }
     logger.info("site %s, round %d: %d steps on %d patches, mean loss %.4f, %.1f s",
                 site.site_id, server_round, result.steps, len(dataset), result.mean_loss, result.seconds)
