@@ -1,6 +1,6 @@
 """Audit log of what a site sends: one JSON line per reply, written before it leaves the SuperNode.
 
-For every array the line lists name, dtype and shape (never values); for
+For every array the line lists name, dtype and shape, never values. For
 config and metric records it lists keys and values, because those are small
 and are exactly what a data-protection officer needs to read. Enabled by the
 node config key ``audit-log``.
@@ -20,7 +20,7 @@ from medi_core import protocol as P
 
 
 def describe_reply(reply: Message) -> dict[str, Any]:
-    """A JSON-serialisable description of a reply: record names, array shapes, config and metric values."""
+    """Describe a reply as JSON-serialisable data: record names, array shapes, config and metric values."""
     entry: dict[str, Any] = {
         "time": time.time(),
         "message_type": reply.metadata.message_type,

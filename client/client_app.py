@@ -68,7 +68,7 @@ def summary(message: Message, context: Context) -> Message:
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    """One round of local training; replies with the weight delta in the transfer precision."""
+    """Run one round of local training and reply with the weight delta in the transfer precision."""
     _setup_logging()
     site = SiteConfig.from_context(context)
     config = dict(message.content.config_records[P.CONFIG])

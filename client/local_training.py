@@ -2,7 +2,7 @@
 
 The site rebuilds the model from the round's configs, loads the received
 weights, runs ``local-steps`` optimiser steps of the core `Trainer` on its own
-patches (FedProx term if the server asks for one), and returns
+patches (with the FedProx term when the server sends ``proximal-mu``), and returns
 ``w_local - w_received``. AdamW moments, the learning-rate schedule position
 and the random generator persist on the site's disk between rounds
 (``output-dir/state/<run-name>/trainer.pt``), so local training continues
@@ -104,7 +104,7 @@ def _train_private(
     """DP-SGD local steps: noise calibrated so the whole run spends ``max-epsilon``, never more.
 
     The accountant lives in ``privacy-state-dir`` under the run's name, so a
-    restarted SuperNode continues the same budget; `make_private` raises
+    restarted SuperNode continues the same budget. `make_private` raises
     `PrivacyBudgetExceeded` before a step that would pass ``max-epsilon``.
     """
     private = make_private(

@@ -1,7 +1,7 @@
 """A site's local settings (Flower node config) and its local patch data.
 
 A hospital sets these once per SuperNode (``medi-client start`` writes them
-into ``--node-config``); the server never sees them:
+into ``--node-config``); they never leave the site:
 
 | key | meaning |
 |---|---|

@@ -53,7 +53,7 @@ def add_start_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def node_config(args: argparse.Namespace) -> dict[str, object]:
-    """The node config of this site, as the ClientApp reads it (`medi_client.site.SiteConfig`)."""
+    """Build the node config of this site, as the ClientApp reads it (`medi_client.site.SiteConfig`)."""
     data = args.data.expanduser().resolve()
     if not data.exists():
         raise ConfigError(f"--data {data} not found; pass the patch store, folder or manifest CSV of this site")
@@ -76,7 +76,7 @@ def node_config(args: argparse.Namespace) -> dict[str, object]:
 
 
 def supernode_command(args: argparse.Namespace, node_config_file: Path) -> list[str]:
-    """The ``flower-supernode`` command line for these options."""
+    """Build the ``flower-supernode`` command line for these options."""
     cmd = [sl.flower_executable("flower-supernode"), "--superlink", args.superlink,
            "--node-config", str(node_config_file), "--port", str(args.runtime_port)]
     if args.insecure:

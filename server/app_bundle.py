@@ -2,7 +2,7 @@
 
 The MeDi code is installed at the coordinator and at every site (the same
 ``medi-fed`` version), so the bundle only names the components and carries
-the run configuration: a ``pyproject.toml`` plus a LICENSE, a few KiB,
+the run configuration. It is a ``pyproject.toml`` plus a LICENSE, a few KiB,
 far below Flower's 10 MB bundle limit. No weights or data ever travel in it.
 """
 
@@ -38,7 +38,7 @@ def write_app_folder(folder: Path) -> Path:
             "description": "MeDi-Fed federated metadata-guided diffusion (Flower app bundle)",
             "license": "MIT",
             "license-files": ["LICENSE"],
-            # The environment already holds medi-fed; SuperLinks run with dependency installation off.
+            # medi-fed is already installed, and SuperLinks run with dependency installation off.
             "dependencies": [],
         },
         "tool": {

@@ -11,7 +11,7 @@ exits non-zero with the reason when the run fails::
     medi-server --resume runs/brca          # continue after a crash
 
 Everything the resume needs (address, certificates, keys, run config) is kept
-in ``RUN_DIR/federation.json``; the SuperLink's database
+in ``RUN_DIR/federation.json``. The SuperLink's database
 (``RUN_DIR/superlink.db``) keeps the registered keys and node ids, so the
 sites reconnect by themselves.
 """
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _new_state(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = args.run_dir.expanduser().resolve()
     if (run_dir / STATE_FILE).exists():
-        raise ConfigError(f"{run_dir} already holds a run; continue it with `medi-server --resume {run_dir}` or pick a new --run-dir")
+        raise ConfigError(f"{run_dir} already contains a run; continue it with `medi-server --resume {run_dir}` or pick a new --run-dir")
     if args.insecure:
         logger.warning("--insecure: the SuperLink runs WITHOUT TLS; weights and metadata counts travel unencrypted")
         certs = None
@@ -136,7 +136,7 @@ def serve(run_dir: Path, state: dict[str, Any], *, resume: bool, timeout: float)
 
 
 def failure_reason(run_dir: Path) -> str:
-    """The last error line the ServerApp wrote to ``server.log``, if any."""
+    """Return the last error line the ServerApp wrote to ``server.log``, if any."""
     log = run_dir / "server.log"
     if not log.is_file():
         return "the ServerApp wrote no log; see the SuperLink log"

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -156,7 +156,7 @@ class Federation:
     def _require_enough_sites(self, stage: str) -> None:
         if len(self.sites) < self.settings.min_clients:
             raise FederationError(
-                f"{stage}: only {len(self.sites)} site(s) answered with a valid summary, "
+                f"{stage}: only {len(self.sites)} site(s) replied with a valid summary, "
                 f"min-clients is {self.settings.min_clients}"
             )
 
@@ -193,14 +193,36 @@ class Federation:
                 self.rejected_nodes.add(node)
 
     def run_round(self, server_round: int) -> None:
+        """Broadcast, collect, screen, aggregate, then checkpoint and log one round."""
         started = time.perf_counter()
         self.admit_new_nodes(server_round)
+        messages, bytes_sent = self._train_messages(server_round)
+        replies = list(self.grid.send_and_receive(messages, timeout=self.settings.round_timeout))
+        accepted, outcomes = self._screen(server_round, messages, replies)
+
+        aggregated, _ = self.strategy.aggregate_train(server_round, accepted)
+        if aggregated is None:
+            raise FederationError(f"round {server_round}: the strategy returned no weights")
+        self.global_weights = transfer.decode(to_numpy(aggregated))
+        self.ema.update(self.global_weights)
+        self.completed_round = server_round
+        for o in outcomes:
+            if P.EPSILON in o.metrics:
+                self.epsilon[o.site] = o.metrics[P.EPSILON]
+
+        self._save(server_round)
+        self._log_round(server_round, outcomes, bytes_sent, time.perf_counter() - started)
+        if self.settings.grid_every and server_round % self.settings.grid_every == 0:
+            self.sample_grid(self.run_dir / "samples" / f"round-{server_round:04d}.png")
+
+    def _train_messages(self, server_round: int) -> tuple[list[Message], int]:
+        """The strategy's train messages for admitted sites, with weights cast to the transfer precision."""
         global_record = to_record(self.global_weights)
         messages = [
             m for m in self.strategy.configure_train(server_round, global_record, self.round_config(), self.grid)
             if m.metadata.dst_node_id in self.sites
         ]
-        # Flower's strategies keep fp32 references (FedAdam); only the wire copy is cast.
+        # Flower's strategies keep fp32 references (FedAdam), so only the copy on the wire is cast.
         wire = to_record(transfer.encode(self.global_weights, self.settings.transfer_precision))
         bytes_sent = int(wire.count_bytes())
         for message in messages:
@@ -209,7 +231,10 @@ class Federation:
             message.metadata.group_id = str(server_round)
         logger.info("round %d: sending %.1f MiB (%s) to sites %s", server_round, bytes_sent / 2**20,
                     self.settings.transfer_precision, sorted(self.sites[m.metadata.dst_node_id].site_id for m in messages))
-        replies = list(self.grid.send_and_receive(messages, timeout=self.settings.round_timeout))
+        return messages, bytes_sent
+
+    def _screen(self, server_round: int, messages: list[Message], replies: list[Message]) -> tuple[list[Message], list]:
+        """Screen the replies; raise `FederationError` when fewer than ``min-clients`` updates pass."""
         site_ids = {node: info.site_id for node, info in self.sites.items()}
         accepted, outcomes = screen_replies(
             replies, global_weights=self.global_weights, server_round=server_round,
@@ -226,20 +251,7 @@ class Federation:
                 f"round {server_round}: {len(accepted)} update(s) accepted, min-clients is "
                 f"{self.settings.min_clients} ({reasons})"
             )
-        aggregated, _ = self.strategy.aggregate_train(server_round, accepted)
-        if aggregated is None:
-            raise FederationError(f"round {server_round}: the strategy returned no weights")
-        self.global_weights = transfer.decode(to_numpy(aggregated))
-        self.ema.update(self.global_weights)
-        self.completed_round = server_round
-        for o in outcomes:
-            if P.EPSILON in o.metrics:
-                self.epsilon[o.site] = o.metrics[P.EPSILON]
-        self._save(server_round)
-        round_seconds = time.perf_counter() - started
-        self._log_round(server_round, outcomes, bytes_sent, round_seconds)
-        if self.settings.grid_every and server_round % self.settings.grid_every == 0:
-            self.sample_grid(self.run_dir / "samples" / f"round-{server_round:04d}.png")
+        return accepted, outcomes
 
     def _save(self, server_round: int) -> None:
         state: dict[str, Any] = {

@@ -2,7 +2,7 @@
 
 Flower passes run settings as a flat ``key = value`` mapping
 (``context.run_config``), the same under a real SuperLink and under the
-simulation engine, so `FederationSettings` is the one source of options: its
+simulation engine. `FederationSettings` is the one source of options. Its
 field names are the run-config keys with ``_`` for ``-``, `DEFAULT_RUN_CONFIG`
 lists every key for ``pyproject.toml``, and the dataclass is registered in
 Hydra's ConfigStore (group ``federation``) for the simulation CLI.
@@ -138,7 +138,7 @@ class FederationSettings:
         return {name.replace("_", "-"): value for name, value in asdict(self).items()}
 
     def summary_lines(self) -> list[str]:
-        """A one-screen summary of the settings, for the log at start."""
+        """Format the settings as one screen of text, logged when a run starts."""
         d = self.to_run_config()
         groups = [
             ("run", ["run-name", "run-dir", "num-server-rounds", "resume", "seed"]),

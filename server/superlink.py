@@ -72,7 +72,7 @@ def wait_for_port(host: str, port: int, *, timeout: float = PORT_WAIT_SECONDS, p
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host`` (for tests and benchmarks)."""
+    """Return a TCP port that is free right now on ``host`` (for tests and benchmarks)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
@@ -111,7 +111,7 @@ def superlink_command(
     database: Path | None,
     log_file: Path | None = None,
 ) -> list[str]:
-    """The ``flower-superlink`` command line for these settings."""
+    """Build the ``flower-superlink`` command line for these settings."""
     cmd = [flower_executable("flower-superlink"), "--host", host, "--port", str(port)]
     if tls is None:
         cmd.append("--insecure")
@@ -206,7 +206,7 @@ def register_supernode(public_key: Path, *, env: Mapping[str, str], name: str | 
 
 
 def _last_json(text: str) -> dict[str, Any]:
-    """The last JSON object printed on its own line (Flower prints banners before it)."""
+    """Parse the last JSON object in ``text`` (Flower prints banners before it)."""
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
         if line.startswith("{"):

@@ -1,8 +1,8 @@
 """Synthesis at the sites: send each site the global sampler and its quota, collect the counts.
 
 A quota maps each of the site's own site values to ``{class: target count}``
-from the balance plan. The client subtracts its exact local counts (which the
-server never sees when they are under k), generates the difference
+from the balance plan. The client subtracts its exact local counts (the
+server only receives them k-anonymised), generates the difference
 conditioned on its own site, and replies with counts only.
 """
 
