@@ -94,6 +94,9 @@ def supernode_command(args: argparse.Namespace, node_config_file: Path) -> list[
             raise ConfigError(f"--auth-key {args.auth_key} not found")
         cmd += ["--auth-supernode-private-key", str(args.auth_key.expanduser().resolve())]
     if args.trusted_entities is not None:
+        # NOTE: Flower 1.42 verifies signatures only on bundles the SuperLink fetched from Flower
+        # Hub (their "valid_license" record). A bundle submitted with `flwr run`, as medi-server
+        # does, carries none, so a node with a trust list rejects it with a verification error.
         if not args.trusted_entities.is_file():
             raise ConfigError(f"--trusted-entities {args.trusted_entities} not found")
         cmd += ["--trusted-entities", str(args.trusted_entities.expanduser().resolve())]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -217,7 +217,9 @@ class Federation:
 
     def _train_messages(self, server_round: int) -> tuple[list[Message], int]:
         """The strategy's train messages for admitted sites, with weights cast to the transfer precision."""
-        global_record = to_record(self.global_weights)
+        # Only FedAdam reads the arrays passed to configure_train (as its fp32 reference); the
+        # others get an empty record, which saves one serialised copy of the model.
+        global_record = to_record(self.global_weights) if self.settings.strategy == "fedadam" else ArrayRecord()
         messages = [
             m for m in self.strategy.configure_train(server_round, global_record, self.round_config(), self.grid)
             if m.metadata.dst_node_id in self.sites
