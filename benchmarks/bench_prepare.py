@@ -4,7 +4,8 @@ Run from the repository root (2-core CPU machine; takes several minutes)::
 
     python benchmarks/bench_prepare.py --histolab-python /work/helpers/bench-venv/bin/python
 
-Measures, on the same slide and tiles (256 px, level 0, 50 % tissue), in one run:
+Measures, on the same slide and tiles (256 px, level 0, 50 % tissue), in one run,
+for the two real SVS slides and a generated ``--medium-px`` slide:
 
 - ``prepare``: the whole pipeline with one worker (thumbnail, tissue mask,
   tile reads, filters, JPEG encoding, shard, preview, report), patches/s;
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -67,6 +68,21 @@ HISTOLAB_SCRIPT = textwrap.dedent(
 )
 
 
+def histolab_environment(histolab_python: str) -> dict[str, str]:
+    """Return the environment for histolab's interpreter.
+
+    histolab 0.7.0 pins openslide-python 1.3.1, which predates openslide-bin and
+    only finds libopenslide on the library path, so that path points at the
+    library inside the environment's openslide-bin package.
+    """
+    env = dict(os.environ)
+    venv = Path(histolab_python).absolute().parents[1]  # not resolve(): the venv python is a symlink
+    bundled = sorted(venv.glob("lib/python*/site-packages/openslide_bin"))
+    if bundled:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(bundled[0]), env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
 def run_prepare_once(slide: Path, default_mpp: float | None, out: Path) -> tuple[float, int]:
     folder = out / "slides"
     folder.mkdir(parents=True)
@@ -106,7 +122,7 @@ def bench_slide(name: str, slide: Path, default_mpp: float | None, repeats: int,
         with tempfile.TemporaryDirectory() as tmp:
             proc = subprocess.run(
                 [histolab_python, "-c", HISTOLAB_SCRIPT, str(slide), tmp, str(repeats)],
-                capture_output=True, text=True, check=False,
+                capture_output=True, text=True, check=False, env=histolab_environment(histolab_python),
             )
         if proc.returncode == 0:
             measured = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -153,6 +169,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per slide; the median is reported")
     parser.add_argument("--histolab-python", default=None, help="python of a virtual environment with histolab")
+    parser.add_argument("--medium-px", type=int, default=12_288,
+                        help="side of a generated slide added to the speed comparison, px (0: skip)")
     parser.add_argument("--large-px", type=int, default=40_000, help="side of the generated slide in px (0: skip)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the memory run")
     parser.add_argument("--part", choices=["all", "speed", "memory"], default="all",
@@ -160,8 +178,15 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    for name, (file, default_mpp) in SLIDES.items() if args.part != "memory" else ():
-        row = bench_slide(name, DATA / file, default_mpp, args.repeats, args.histolab_python)
+    slides = [(name, DATA / file, default_mpp) for name, (file, default_mpp) in SLIDES.items()]
+    scratch = tempfile.TemporaryDirectory()
+    if args.medium_px:
+        medium = write_synthetic_slide(
+            Path(scratch.name) / "medium.svs", width=args.medium_px, height=args.medium_px, mpp=0.5, downsamples=(1, 4, 16)
+        )
+        slides.append((f"synthetic {args.medium_px} px, 0.5 µm/px (JPEG)", medium, None))
+    for name, path, default_mpp in slides if args.part != "memory" else ():
+        row = bench_slide(name, path, default_mpp, args.repeats, args.histolab_python)
         ratio_raw = row["prepare_patches_per_s"] / row["raw_tiles_per_s"]
         line = (
             f"{name}: prepare {row['prepare_patches_per_s']:.0f} patches/s ({row['patches']} patches), "
@@ -177,6 +202,7 @@ def main() -> None:
             line += f"; histolab failed: {row['histolab_error']}"
         print(line, flush=True)
 
+    scratch.cleanup()
     if args.large_px and args.part != "speed":
         memory = bench_memory(args.large_px, args.workers)
         print(

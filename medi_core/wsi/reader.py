@@ -189,7 +189,7 @@ class SlideReader:
                 self._slide = self._open()
         # OpenSlide marks pixels outside the scanned area with alpha 0; put them on
         # white glass. getextrema() runs in C, so intact tiles skip the compositing.
-        if region.getextrema()[3][0] < 255:
+        if region.getchannel("A").getextrema()[0] < 255:
             region = Image.alpha_composite(Image.new("RGBA", region.size, (255, 255, 255, 255)), region)
         return np.asarray(region.convert("RGB"))  # (H, W, 3) uint8
 
@@ -233,9 +233,11 @@ class SlideReader:
         slide without a coarse level. Aperio files store a thumbnail of the same
         region; macro and label images show the whole glass and are never used.
         """
-        if "thumbnail" not in self._slide.associated_images:
+        try:
+            # one lookup: Mapping's "in" would decode the image a second time
+            embedded = self._slide.associated_images["thumbnail"]
+        except KeyError:
             return None
-        embedded = self._slide.associated_images["thumbnail"]
         width, height = self.dimensions
         same_aspect = abs(embedded.width / embedded.height - width / height) <= 0.01 * width / height
         if not same_aspect or embedded.width < out_w:
