@@ -48,6 +48,7 @@ class SiteSplit:
 
     plan: tcga_split.SitePlan
     manifests: dict[str, Path]  # training site -> its patches.csv, in partition order
+    output_dirs: dict[str, Path]  # training site -> the virtual hospital's output-dir
     holdout_manifest: Path
     site_table: Path
     counts: pd.DataFrame  # split, site, class, count
@@ -70,6 +71,8 @@ def open_source(data: DataConfig, run_dir: Path, *, image_size: int) -> PatchDat
     if data.kind == "toy":
         return open_patch_source(write_toy_dataset(run_dir / "toy-data", patches_per_cell=data.toy_patches_per_cell),
                                  kind="labelled_folder", image_size=image_size)
+    if not data.path:
+        raise ConfigError(f"data={data.name} needs the patch source: add data.path=FOLDER_OR_CSV to the command line")
     path = Path(data.path).expanduser()
     if not path.exists():
         raise ConfigError(
@@ -163,7 +166,7 @@ def site_table(split_sites: list[str], manifests: dict[str, Path], run_dir: Path
             P.NODE_DATA_PATH: str(manifests[site]),
             P.NODE_DATA_KIND: "manifest",
             P.NODE_SITE_ID: site,
-            P.NODE_OUTPUT_DIR: str(run_dir / "sites" / _folder(site) / "output"),
+            P.NODE_OUTPUT_DIR: str(output_dir(run_dir, site)),
             P.NODE_MAX_EPSILON: float(privacy.site_max_epsilon.get(site, privacy.max_epsilon)),
         }
     return table
@@ -171,6 +174,11 @@ def site_table(split_sites: list[str], manifests: dict[str, Path], run_dir: Path
 
 def _folder(site: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in site) or "_"
+
+
+def output_dir(run_dir: Path, site: str) -> Path:
+    """Return the ``output-dir`` of a virtual hospital: its sampler copy, synthetic patches and local state."""
+    return run_dir / "sites" / _folder(site) / "output"
 
 
 def prepare_sites(data: DataConfig, privacy: PrivacySimConfig, run_dir: Path, *, image_size: int) -> SiteSplit:
@@ -221,7 +229,7 @@ def prepare_sites(data: DataConfig, privacy: PrivacySimConfig, run_dir: Path, *,
         logger.info("virtual site %s: %d patches %s", site, int(counts[(counts["split"] == "train") & (counts[SITE_FIELD] == site)]["count"].sum()),
                     dict(counts[(counts["split"] == "train") & (counts[SITE_FIELD] == site)][[CLASS_FIELD, "count"]].itertuples(index=False)))
     logger.info("held out %d patches of TSS codes %s", len(holdout_manifest), sorted(set(holdout_manifest[SITE_FIELD])))
-    return SiteSplit(plan, manifests, holdout_path, table_path, counts)
+    return SiteSplit(plan, manifests, {site: output_dir(run_dir, site) for site in sites}, holdout_path, table_path, counts)
 
 
 def open_manifest(path: Path, *, image_size: int) -> PatchDataset:

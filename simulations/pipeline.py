@@ -1,0 +1,179 @@
+"""One ``medi-sim`` run, step by step: split by site, federate, train baselines, evaluate, report.
+
+Layout of ``RUN_DIR``:
+
+| path | written by |
+|---|---|
+| ``config.yaml`` | the resolved configuration (Hydra also keeps ``.hydra/``) |
+| ``sites/<site>/patches.csv``, ``sites/holdout.csv`` | `medi_sim.sites` |
+| ``sites/<site>/output/`` | each virtual hospital: sampler copy, synthetic patches, local state |
+| ``federation/`` | the ServerApp: checkpoints, metrics, sampler, ``report.json`` |
+| ``flwr-home/``, ``superlink.db``, ``logs/`` | Flower's simulation engine |
+| ``baselines/<name>/`` | the central baselines' samplers and synthetic patches |
+| ``report/`` | CSV tables, PNG plots and ``summary.md`` |
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from medi_core.config import model_preset
+from medi_core.errors import ConfigError
+from medi_core.metadata import MetadataSpec
+from medi_server.settings import FederationSettings
+from medi_sim.baselines import CLASS_ONLY, MEDI_CENTRAL, MEDI_FEDERATED, run_baselines, synthesis_counts
+from medi_sim.config import SimConfig
+from medi_sim.engine import run_simulated_federation
+from medi_sim.experiment import (
+    REAL_TRAIN,
+    SYNTHETIC_ORDER,
+    cell_counts,
+    federated_synthetic_manifests,
+    load_patches,
+    run_experiment,
+    synthesis_rows,
+    write_run_report,
+)
+from medi_sim.sites import SiteSplit, open_manifest, prepare_sites
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("split by site", "federated training", "central baselines", "evaluation", "report")
+
+
+def check_config(config: SimConfig) -> None:
+    """Reject combinations the run could only honour by silently ignoring an option."""
+    preset = model_preset(config.model.preset)
+    if asdict(config.model) != asdict(preset):
+        raise ConfigError(
+            f"model fields differ from preset {config.model.preset!r}; the federation builds its model from the "
+            "preset name only, so pick another preset (model=tiny|small|medi-paper) instead of overriding fields"
+        )
+    if config.federation.model_preset != config.model.preset:
+        raise ConfigError(
+            f"federation.model_preset={config.federation.model_preset!r} differs from model={config.model.preset!r}; "
+            "choose the model with model=... only"
+        )
+    if config.baselines.scheduler not in ("ddim", "dpmsolver++"):
+        raise ConfigError(f"baselines.scheduler={config.baselines.scheduler!r} is invalid; use ddim or dpmsolver++")
+    if not config.federation.synthesize:
+        raise ConfigError("federation.synthesize=false leaves configuration (d) without patches; medi-sim needs synthesis")
+
+
+def federation_settings(config: SimConfig, split: SiteSplit, run_dir: Path) -> FederationSettings:
+    """Build the federation's run config: the chosen preset plus this run's folder, site table and site count."""
+    settings = replace(
+        config.federation,
+        run_dir=str(run_dir / "federation"),
+        site_table=str(split.site_table),
+        model_preset=config.model.preset,
+        seed=config.seed,
+    )
+    if settings.min_clients > len(split.sites):
+        logger.warning("federation.min_clients=%d but there are %d sites; lowering it to %d",
+                       settings.min_clients, len(split.sites), len(split.sites))
+        settings = replace(settings, min_clients=len(split.sites))
+    return settings
+
+
+def baseline_steps(config: SimConfig, num_sites: int) -> int:
+    """Optimiser steps of each central baseline: the configured value or the federation's total."""
+    if config.baselines.steps is not None:
+        if config.baselines.steps < 1:
+            raise ConfigError(f"baselines.steps must be >= 1 (or null), got {config.baselines.steps}")
+        return config.baselines.steps
+    return config.federation.num_server_rounds * config.federation.local_steps * num_sites
+
+
+def describe(config: SimConfig, split: SiteSplit, settings: FederationSettings, encoder: str, steps: int) -> list[str]:
+    """Return the report's opening lines: data, sites, model, federation, privacy, encoder."""
+    train = split.counts[split.counts["split"] == "train"]
+    per_site = ", ".join(f"{site} ({int(part['count'].sum())})" for site, part in train.groupby("site", sort=False))
+    holdout = split.counts[split.counts["split"] == "holdout"]
+    epsilon = f"max ε {config.privacy.max_epsilon} per site" if config.privacy.max_epsilon > 0 else "no differential privacy"
+    if config.privacy.site_max_epsilon:
+        epsilon += f", per-site budgets {dict(config.privacy.site_max_epsilon)}"
+    return [
+        f"Data: {config.data.name} ({config.data.path or 'generated in the run folder'}), split by tissue source site "
+        f"with grouping {config.data.grouping!r}.",
+        f"Training sites (patches): {per_site}. Held-out TSS codes: {', '.join(sorted(set(holdout['site'])))} "
+        f"({int(holdout['count'].sum())} patches, never used for training).",
+        f"Model: {config.model.preset} preset, {config.model.sample_size} px. Federation: {settings.num_server_rounds} rounds "
+        f"x {settings.local_steps} local steps, batch {settings.batch_size}, {settings.strategy}, {epsilon}.",
+        f"Synthesis: balance policy {settings.balance_policy!r}, at most {settings.max_synthetic_per_cell or 'any number of'} "
+        f"patches per (site, class), DDIM {settings.sample_steps} steps. Central baselines: {steps} optimiser steps each "
+        "on the pooled training patches.",
+        f"Downstream encoder: {encoder}; probes: class-balanced logistic regression, seeds {list(config.evaluation.seeds)}.",
+        "Scale: with the quick presets the diffusion models train for a few dozen steps, so their patches show colour "
+        "and coarse texture only; the run checks the whole pipeline, and meaningful numbers need more rounds.",
+    ]
+
+
+def _start(bar: tqdm, index: int) -> None:
+    bar.set_postfix_str(STAGES[index])
+    logger.info("stage %d/%d: %s", index + 1, len(STAGES), STAGES[index])
+
+
+def run_pipeline(config: SimConfig, run_dir: Path, *, progress: bool = True) -> Path:
+    """Run every stage into ``run_dir``; return the path of the report's ``summary.md``."""
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_config(config)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    size = config.model.sample_size
+    stages = tqdm(total=len(STAGES), desc="medi-sim", unit="stage", disable=not progress)
+
+    _start(stages, 0)
+    split = prepare_sites(config.data, config.privacy, run_dir, image_size=size)
+    settings = federation_settings(config, split, run_dir)
+    stages.update()
+
+    _start(stages, 1)
+    run_simulated_federation(run_dir, settings.to_run_config(), num_sites=len(split.sites), engine=config.engine, progress=progress)
+    stages.update()
+
+    _start(stages, 2)
+    counts = synthesis_counts(run_dir / "federation" / "report.json")
+    spec = MetadataSpec.from_json((run_dir / "federation" / "metadata_spec.json").read_text())
+    names = [n for n, on in ((CLASS_ONLY, config.baselines.class_only), (MEDI_CENTRAL, config.baselines.central)) if on]
+    steps = baseline_steps(config, len(split.sites))
+    site_datasets = {site: open_manifest(path, image_size=size) for site, path in split.manifests.items()}
+    baselines = run_baselines(names, site_datasets, counts, run_dir / "baselines", federated_spec=spec,
+                              model_config=config.model, settings=settings, steps=steps, seed=config.seed,
+                              scheduler=config.baselines.scheduler, threads=config.baselines.torch_threads)
+    stages.update()
+
+    _start(stages, 3)
+    train = load_patches(list(split.manifests.values()), image_size=size, name="real train")
+    test = load_patches([split.holdout_manifest], image_size=size, name="real held-out")
+    federated = federated_synthetic_manifests(list(split.output_dirs.values()), settings.run_name)
+    manifests: dict[str, list[Path]] = {MEDI_FEDERATED: federated}
+    manifests.update({name: [result.manifest] for name, result in baselines.items()})
+    synthetic = {name: load_patches(manifests[name], image_size=size, name=name)
+                 for name in SYNTHETIC_ORDER if manifests.get(name)}
+    tables = run_experiment(config.evaluation, train, test, synthetic)
+    stages.update()
+
+    _start(stages, 4)
+    samples = {REAL_TRAIN: train, **synthetic}
+    summary = write_run_report(
+        run_dir / "report",
+        tables,
+        config=OmegaConf.to_container(OmegaConf.structured(config)),
+        metrics=run_dir / "federation" / "metrics" / "sites.jsonl",
+        samples=samples,
+        description=describe(config, split, settings, tables.encoder, steps),
+        synthesis_table=synthesis_rows({name: cell_counts(p) for name, p in synthetic.items()}),
+    )
+    stages.update()
+    stages.close()
+    logger.info("report written to %s", summary)
+    return summary
+
+
+__all__ = ["STAGES", "baseline_steps", "check_config", "describe", "federation_settings", "run_pipeline"]
