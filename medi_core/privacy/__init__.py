@@ -23,12 +23,8 @@ from medi_core.privacy.memorisation import (
     RandomConvFeatures,
     memorisation_check,
 )
-from medi_core.privacy.private_trainer import (
-    PrivateTrainer,
-    PrivateTrainResult,
-    make_private,
-    poisson_batch_indices,
-)
+from medi_core.privacy.engine import make_private
+from medi_core.privacy.private_trainer import PrivateTrainer, PrivateTrainResult, poisson_batch_indices
 
 __all__ = [
     "DEFAULT_DELTA_FRACTION",

@@ -12,9 +12,9 @@ from medi_core.errors import ConfigError
 GradSampleMode = Literal["functorch", "hooks"]
 AccountantKind = Literal["rdp", "prv"]
 
-# delta defaults to DEFAULT_DELTA_FRACTION / N for N local examples. Any delta
-# of 1/N or more allows a mechanism that publishes one whole record, so the
-# default stays an order of magnitude below that.
+# delta defaults to DEFAULT_DELTA_FRACTION / N for N local examples. Publishing
+# one randomly chosen record is already (0, 1/N)-DP, so a meaningful delta must
+# stay well below 1/N; the default is ten times smaller.
 DEFAULT_DELTA_FRACTION = 0.1
 
 
@@ -35,7 +35,7 @@ class PrivacyConfig:
     noise_multiplier: float | None = None  # std of the Gaussian noise / max_grad_norm
     max_grad_norm: float = 1.0  # L2 bound of each example's gradient (clipping threshold C)
     delta: float | None = None  # None: DEFAULT_DELTA_FRACTION / number of local examples
-    grad_sample_mode: str = "functorch"  # GradSampleMode
+    grad_sample_mode: str = "hooks"  # GradSampleMode; "hooks" always gets the contiguous-input fix
     noise_multiplicity: int = 1  # K noise/timestep draws averaged inside each example's loss
     accountant: str = "rdp"  # AccountantKind
 
