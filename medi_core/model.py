@@ -46,7 +46,8 @@ class ContinuousEmbedding(nn.Module):
         # value: (B,) in [0, 1], NaN = unspecified
         is_null = torch.isnan(value)
         safe = torch.where(is_null, torch.zeros_like(value), value)
-        freqs = get_timestep_embedding(safe * _CONTINUOUS_SCALE, self.freq_dim)  # (B, freq_dim)
+        freqs = get_timestep_embedding(safe * _CONTINUOUS_SCALE, self.freq_dim)  # (B, freq_dim), float32
+        freqs = freqs.to(self.mlp[0].weight.dtype)  # float64 models are used by the DP exactness tests
         keep = (~is_null).to(freqs.dtype).unsqueeze(1)  # (B, 1)
         return self.mlp(freqs) * keep + self.presence(is_null.long())  # (B, out_dim)
 
