@@ -1,0 +1,116 @@
+"""Tests of the medi-sim Hydra configs: presets, overrides and the checks before a run starts."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from medi_core.errors import ConfigError
+from medi_core.evaluation.encoders import EncoderConfig
+from medi_sim.config import EncoderSimConfig, SimConfig, register_configs
+from medi_sim.pipeline import baseline_steps, check_config, federation_settings
+from medi_sim.sites import SiteSplit
+from medi_sim.tcga_split import plan_sites
+
+
+def compose_config(*overrides: str) -> SimConfig:
+    register_configs()
+    with initialize_config_module(config_module="medi_sim.conf", version_base=None):
+        config = compose(config_name="medi_sim", overrides=list(overrides))
+    return OmegaConf.to_object(config)
+
+
+def test_defaults_brca_split_by_tss() -> None:
+    config = compose_config()
+    assert config.data.name == "brca-m2c"
+    assert config.data.grouping == "top_k"
+    assert config.data.top_k == 3
+    assert config.data.holdout_tss == ["OL", "PE", "S3", "WT", "XX"]
+
+
+def test_defaults_quick_federation() -> None:
+    config = compose_config()
+    assert config.model.preset == "tiny"
+    assert config.federation.num_server_rounds == 2
+    assert config.federation.sample_steps <= 20
+    assert config.evaluation.encoder.kind == "cnn"
+
+
+def test_model_override_reaches_federation() -> None:
+    config = compose_config("model=small")
+    assert config.federation.model_preset == "small"
+    assert config.model.sample_size == 64
+
+
+def test_seed_override_reaches_federation() -> None:
+    config = compose_config("seed=7")
+    assert config.federation.seed == 7
+
+
+def test_field_override_and_presets() -> None:
+    config = compose_config("data=toy", "evaluation=full", "privacy=dp", "federation.local_steps=9")
+    assert config.data.kind == "toy"
+    assert config.evaluation.sweeps["num_train_sites"] == [1, 2, 3]
+    assert config.privacy.max_epsilon == 8.0
+    assert config.federation.local_steps == 9
+
+
+def test_encoder_mirror_matches_core() -> None:
+    assert [f.name for f in fields(EncoderSimConfig)] == [f.name for f in fields(EncoderConfig)]
+
+
+def test_encoder_rejects_unknown_kind() -> None:
+    with pytest.raises(ConfigError, match="evaluation.encoder.kind='vit'"):
+        EncoderSimConfig(kind="vit").to_encoder_config()
+
+
+def test_check_rejects_model_field_override() -> None:
+    config = compose_config("model.block_out_channels=[16,32,32]")
+    with pytest.raises(ConfigError, match="differ from preset 'tiny'"):
+        check_config(config)
+
+
+def test_check_rejects_preset_mismatch() -> None:
+    config = compose_config("federation.model_preset=small")
+    with pytest.raises(ConfigError, match="choose the model with model="):
+        check_config(config)
+
+
+def test_check_rejects_no_synthesis() -> None:
+    config = compose_config("federation.synthesize=false")
+    with pytest.raises(ConfigError, match="synthesize=false"):
+        check_config(config)
+
+
+def _split(tmp_path: Path, sites: list[str]) -> SiteSplit:
+    plan = plan_sites(pd.Series({site: 5 for site in [*sites, "H"]}), holdout_tss=["H"])
+    manifests = {site: tmp_path / site / "patches.csv" for site in sites}
+    outputs = {site: tmp_path / site / "output" for site in sites}
+    counts = pd.DataFrame(columns=["split", "site", "class", "count"])
+    return SiteSplit(plan, manifests, outputs, tmp_path / "holdout.csv", tmp_path / "site-table.json", counts)
+
+
+def test_federation_settings_run_paths(tmp_path: Path) -> None:
+    settings = federation_settings(compose_config(), _split(tmp_path, ["A", "B", "C"]), tmp_path)
+    assert settings.run_dir == str(tmp_path / "federation")
+    assert settings.site_table == str(tmp_path / "site-table.json")
+
+
+def test_federation_settings_lowers_min_clients(tmp_path: Path) -> None:
+    config = compose_config("federation.min_clients=5")
+    settings = federation_settings(config, _split(tmp_path, ["A", "B", "C"]), tmp_path)
+    assert settings.min_clients == 3
+
+
+def test_baseline_steps_match_federation_total() -> None:
+    # 2 rounds x 3 local steps x 4 sites = 24 optimiser steps.
+    assert baseline_steps(compose_config(), 4) == 24
+
+
+def test_baseline_steps_explicit() -> None:
+    assert baseline_steps(compose_config("baselines.steps=5"), 4) == 5
