@@ -61,7 +61,7 @@ def loopback_rounds(root: Path, args: argparse.Namespace, precision: str) -> lis
     }
     started = time.perf_counter()
     try:
-        server = federation.start_server(args.sites, overrides)
+        server = federation.start_server(args.sites, overrides, extra=["--superlink-state", args.superlink_state])
         federation.wait_registered(len(args.sites))
         for site in args.sites:
             federation.start_client(site, manifests[site])
@@ -102,16 +102,26 @@ def aggregate_effect(root: Path, args: argparse.Namespace) -> dict:
     return {"update_norm": update, "fp16_deviation_norm": deviation, "relative_deviation": deviation / update}
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict], local_steps: int) -> dict:
+    """Overhead per round, plus the local steps a round needs for overhead <= 10 % at the measured step time.
+
+    With a fixed federation cost F per round and t seconds per local step,
+    overhead = F / (F + n t) <= 0.1 holds for n >= 9 F / t.
+    """
     overheads = [(r["round_seconds"] - r["slowest_train_seconds"]) / r["round_seconds"] for r in rows]
+    fixed = [r["round_seconds"] - r["slowest_train_seconds"] for r in rows]
+    step_seconds = float(np.mean([r["slowest_train_seconds"] / local_steps for r in rows]))
     return {
         "rounds": len(rows),
         "round_seconds": [round(r["round_seconds"], 2) for r in rows],
         "slowest_train_seconds": [round(r["slowest_train_seconds"], 2) for r in rows],
         "overhead": [round(o, 4) for o in overheads],
         "mean_overhead": round(float(np.mean(overheads)), 4),
-        "mib_sent_per_round": round(rows[0]["bytes_sent"] / 2**20, 2),
-        "mib_received_per_round": round(rows[0]["bytes_received"] / 2**20, 2),
+        "mean_fixed_seconds": round(float(np.mean(fixed)), 2),
+        "seconds_per_local_step": round(step_seconds, 2),
+        "local_steps_for_10_percent": int(np.ceil(9 * np.mean(fixed) / step_seconds)),
+        "mib_sent_per_round_all_sites": round(rows[0]["bytes_sent"] / 2**20, 2),
+        "mib_received_per_round_all_sites": round(rows[0]["bytes_received"] / 2**20, 2),
     }
 
 
@@ -123,6 +133,8 @@ def main() -> int:
     parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--precision", nargs="+", default=["float32", "float16"], choices=["float32", "float16"])
+    parser.add_argument("--superlink-state", default="database", choices=["database", "memory"],
+                        help="medi-server --superlink-state; 'memory' for medi-paper (see the benchmark notes)")
     parser.add_argument("--skip-aggregate", action="store_true", help="skip the in-process fp16-vs-fp32 comparison")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per loopback run")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -137,10 +149,10 @@ def main() -> int:
         tmp = args.work_dir or Path(scratch)
         for precision in args.precision:
             rows = loopback_rounds(Path(tmp) / f"loopback-{precision}", args, precision)
-            results[precision] = summarise(rows)
+            results[precision] = summarise(rows, args.local_steps)
             print(f"{args.preset} {precision}: {json.dumps(results[precision])}", flush=True)
         if "float32" in results and "float16" in results:
-            ratio = results["float16"]["mib_sent_per_round"] / results["float32"]["mib_sent_per_round"]
+            ratio = results["float16"]["mib_sent_per_round_all_sites"] / results["float32"]["mib_sent_per_round_all_sites"]
             results["fp16_bytes_ratio"] = round(ratio, 4)
             print(f"fp16 / fp32 bytes sent per round: {ratio:.3f}", flush=True)
         if not args.skip_aggregate:

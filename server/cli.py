@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="public key (OpenSSH, EC) of a site's SuperNode; repeat per site")
     parser.add_argument("--no-supernode-auth", action="store_true",
                         help="accept any SuperNode (testing only; by default only registered keys may join)")
+    parser.add_argument("--superlink-state", default="database", choices=["database", "memory"],
+                        help="where the SuperLink keeps its state: 'database' (RUN_DIR/superlink.db, survives a "
+                             "restart, so sites reconnect by themselves) or 'memory' (faster for large models)")
     parser.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'",
                         help="run settings as TOML key=value pairs, or a .toml file (see [tool.flwr.app.config])")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="give up after this many seconds")
@@ -88,6 +91,7 @@ def _new_state(args: argparse.Namespace) -> dict[str, Any]:
         if not Path(key).is_file():
             raise ConfigError(f"SuperNode public key {key} not found")
     return {"host": args.host, "port": args.port, "certs": certs, "supernode_auth": auth,
+            "superlink_state": args.superlink_state,
             "supernode_keys": keys, "registered": [], "run_config": overrides, "runs": []}
 
 
@@ -101,9 +105,17 @@ def serve(run_dir: Path, state: dict[str, Any], *, resume: bool, timeout: float)
     flwr_home = run_dir / "flwr-home"
     env = sl.flower_environment(flwr_home)
     tls = sl.TlsFiles.from_folder(Path(state["certs"])) if state["certs"] else None
+    in_memory = state.get("superlink_state") == "memory"
+    if in_memory:
+        # NOTE: an in-memory SuperLink forgets registrations, so keys are registered again on resume.
+        # Whether running SuperNodes reconnect to the new SuperLink by themselves is untested; restart
+        # `medi-client start` at the sites if they do not.
+        state["registered"] = []
+    # SQLite also stores every message payload; with a medi-paper model (0.8-1.6 GB per message)
+    # a 2-core test machine saw "database is locked" errors, hence the in-memory option.
     link = sl.start_process(
         sl.superlink_command(host=state["host"], port=state["port"], tls=tls, supernode_auth=state["supernode_auth"],
-                             database=run_dir / "superlink.db"),
+                             database=None if in_memory else run_dir / "superlink.db"),
         env=env, log_path=run_dir / "logs" / "superlink.log",
     )
     state["superlink_pid"] = link.pid  # lets an operator (or a test) find the SuperLink of this run

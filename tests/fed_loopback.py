@@ -47,7 +47,9 @@ class Loopback:
     server: subprocess.Popen | None = None
     clients: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start_server(self, sites: Sequence[str], overrides: Mapping[str, Any], *, resume: bool = False) -> subprocess.Popen:
+    def start_server(
+        self, sites: Sequence[str], overrides: Mapping[str, Any], *, resume: bool = False, extra: Sequence[str] = ()
+    ) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "medi_server.cli"]
         if resume:
             cmd += ["--resume", str(self.run_dir)]
@@ -56,6 +58,7 @@ class Loopback:
                     "--certs", str(self.certs), "--run-config", run_config_args(overrides)]
             for site in sites:
                 cmd += ["--supernode-key", str(self.certs / "supernodes" / f"{site}.pub")]
+            cmd += list(extra)
         log = open(self.root / f"medi-server{'-resume' if resume else ''}.log", "ab")  # noqa: SIM115
         self.server = subprocess.Popen(cmd, env=sl.flower_environment(), stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True, cwd=self.root)
