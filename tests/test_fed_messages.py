@@ -1,7 +1,7 @@
 """Every message a site sends during a whole run, inspected: no pixels, no patches, no ids.
 
 The real ServerApp logic and the real ClientApp handlers run in one process
-through an in-process grid that records each reply before the server sees
+through an in-process grid that records each reply before the server receives
 it. Three BRCA-M2C sites take part; in round 2 site AC's update is replaced
 by NaN, which the server must reject, log, and survive with the other two.
 """
