@@ -172,11 +172,21 @@ def run_baselines(
 ) -> dict[str, BaselineResult]:
     """Train and sample each named baseline (``cls-only``, ``medi-central``) on the pooled site data."""
     pooled = concat_datasets(list(site_datasets.values()), image_size=model_config.sample_size)
+    unknown = [name for name in names if name not in (CLASS_ONLY, MEDI_CENTRAL)]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; expected {CLASS_ONLY!r} or {MEDI_CENTRAL!r}")
     results: dict[str, BaselineResult] = {}
     with torch_threads(threads):
         for name in names:
-            results[name] = _run_one(name, pooled, counts, out, federated_spec=federated_spec, model_config=model_config,
-                                     settings=settings, steps=steps, seed=seed, scheduler=scheduler)
+            spec = class_only_spec(federated_spec) if name == CLASS_ONLY else federated_spec
+            sampler = train_central(name, spec, pooled, model_config=model_config, settings=settings, steps=steps, seed=seed)
+            folder = out / name
+            sampler.save_pretrained(folder / "sampler")
+            manifest = generate_cells(sampler, counts, folder / "synthetic", with_site=name == MEDI_CENTRAL,
+                                      seed=seed, scheduler=scheduler, settings=settings)
+            logger.info("baseline %s: sampler in %s, %d synthetic patches", name, folder / "sampler",
+                        sum(sum(c.values()) for c in counts.values()))
+            results[name] = BaselineResult(name, folder / "sampler", manifest, steps, float(sampler.card["mean_loss"]))
     return results
 
 
@@ -191,32 +201,6 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _run_one(
-    name: str,
-    pooled: PatchDataset,
-    counts: CellCounts,
-    out: Path,
-    *,
-    federated_spec: MetadataSpec,
-    model_config: ModelConfig,
-    settings: FederationSettings,
-    steps: int,
-    seed: int,
-    scheduler: str,
-) -> BaselineResult:
-    if name not in (CLASS_ONLY, MEDI_CENTRAL):
-        raise ValueError(f"unknown baseline {name!r}; expected {CLASS_ONLY!r} or {MEDI_CENTRAL!r}")
-    spec = class_only_spec(federated_spec) if name == CLASS_ONLY else federated_spec
-    sampler = train_central(name, spec, pooled, model_config=model_config, settings=settings, steps=steps, seed=seed)
-    folder = out / name
-    sampler.save_pretrained(folder / "sampler")
-    manifest = generate_cells(sampler, counts, folder / "synthetic", with_site=name == MEDI_CENTRAL,
-                              seed=seed, scheduler=scheduler, settings=settings)
-    logger.info("baseline %s: sampler in %s, %d synthetic patches", name, folder / "sampler",
-                sum(sum(c.values()) for c in counts.values()))
-    return BaselineResult(name, folder / "sampler", manifest, steps, float(sampler.card["mean_loss"]))
 
 
 __all__ = [

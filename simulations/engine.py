@@ -135,7 +135,7 @@ def simulation_environment(flwr_home: Path, ray_tmp: Path) -> dict[str, str]:
 
 
 def superlink_simulation_command(*, port: int, database: Path) -> list[str]:
-    """The ``flower-superlink`` command line of a local simulation SuperLink (no TLS: it binds 127.0.0.1 only)."""
+    """Return the ``flower-superlink`` command line of a local simulation SuperLink (no TLS: it binds 127.0.0.1 only)."""
     return [
         sl.flower_executable("flower-superlink"), "--simulation", "--insecure",
         "--host", HOST, "--port", str(port), "--database", str(database),
@@ -144,7 +144,7 @@ def superlink_simulation_command(*, port: int, database: Path) -> list[str]:
 
 
 def federation_config(num_sites: int, engine: EngineConfig) -> str:
-    """The ``--federation-config`` value: one virtual SuperNode per site and Ray's CPU budget."""
+    """Return the ``--federation-config`` value: one virtual SuperNode per site and Ray's CPU budget."""
     if num_sites < 1:
         raise FederationError(f"a simulation needs at least one site, got {num_sites}")
     if engine.client_cpus < 1:
@@ -156,7 +156,7 @@ def federation_config(num_sites: int, engine: EngineConfig) -> str:
 
 
 def _json_payload(text: str) -> dict[str, Any]:
-    """The JSON object ``flwr ... --format json`` prints after any banner lines; empty if there is none."""
+    """Parse the JSON object that ``flwr ... --format json`` prints after any banner lines; empty if there is none."""
     start = text.find("{")
     if start < 0:
         return {}
@@ -227,7 +227,7 @@ def wait_for_run(
 
 
 def failure_reason(server_run_dir: Path) -> str:
-    """The last error line of the ServerApp's log, or where to look."""
+    """Return the last error line of the ServerApp's log, or where to look."""
     log = server_run_dir / "server.log"
     if log.is_file():
         errors = [line for line in log.read_text(errors="replace").splitlines() if " ERROR " in line]
@@ -279,7 +279,7 @@ def run_simulated_federation(
 ) -> SimulationResult:
     """Run the MeDi apps with ``num_sites`` virtual SuperNodes; raise `FederationError` if the run fails.
 
-    ``run_config`` holds the Flower run config keys (``run-dir``,
+    ``run_config`` contains the Flower run config keys (``run-dir``,
     ``site-table``, ...). Flower's own files go under ``run_dir``:
     ``flwr-home/``, ``superlink.db`` and ``logs/``.
     """

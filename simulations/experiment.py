@@ -57,7 +57,7 @@ def load_patches(manifests: Sequence[Path], *, image_size: int, name: str) -> La
 
 
 def federated_synthetic_manifests(output_dirs: Sequence[Path], run_name: str) -> list[Path]:
-    """The synthetic manifests the sites wrote (``OUTPUT_DIR/synthetic/<run-name>/manifest.csv``)."""
+    """Return the synthetic manifests the sites wrote (``OUTPUT_DIR/synthetic/<run-name>/manifest.csv``)."""
     found = [d / "synthetic" / run_name / "manifest.csv" for d in output_dirs]
     return [path for path in found if path.is_file()]
 
@@ -87,11 +87,11 @@ class ExperimentTables:
 def _valid_sweep_values(parameter: str, values: Sequence[Any], num_sites: int) -> list[Any]:
     if parameter != "num_train_sites":
         return list(values)
-    kept = [v for v in values if v is None or 1 <= int(v) <= num_sites]
-    if len(kept) < len(values):
+    in_range = [v for v in values if v is None or 1 <= int(v) <= num_sites]
+    if len(in_range) < len(values):
         logger.warning("sweep num_train_sites: dropping %s, there are only %d training sites",
-                       sorted(set(values) - set(kept), key=str), num_sites)
-    return kept
+                       sorted(set(values) - set(in_range), key=str), num_sites)
+    return in_range
 
 
 def run_experiment(
@@ -106,9 +106,9 @@ def run_experiment(
     results = run_configurations(train, test, synthetic, encoder=encoder, config=options)
     sweeps = {}
     for parameter, values in config.sweeps.items():
-        kept = _valid_sweep_values(parameter, values, len(train.site_names))
-        if kept:
-            sweeps[parameter] = run_sweep(train, test, synthetic, encoder=encoder, parameter=parameter, values=kept, config=options)
+        valid = _valid_sweep_values(parameter, values, len(train.site_names))
+        if valid:
+            sweeps[parameter] = run_sweep(train, test, synthetic, encoder=encoder, parameter=parameter, values=valid, config=options)
     fidelity = fidelity_table(train, synthetic, encoder=encoder) if config.fidelity and synthetic else None
     per_set = {}
     if config.site_fidelity:

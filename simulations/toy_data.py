@@ -73,7 +73,7 @@ SINGLE_PATCH_CELLS = {("T3", "tumour")}  # one patch, as BRCA-M2C's single tumou
 
 
 def _blobs(rng: np.random.Generator, count: int, radius: tuple[float, float], elongation: float, angle: float | None) -> np.ndarray:
-    """Concentration map (S, S) in [0, 1] of ``count`` elliptical nuclei."""
+    """Return the concentration map (S, S) in [0, 1] of ``count`` elliptical nuclei."""
     yy, xx = np.mgrid[0:PATCH_SIZE, 0:PATCH_SIZE].astype(np.float32)
     density = np.zeros((PATCH_SIZE, PATCH_SIZE), np.float32)
     for _ in range(count):
@@ -89,7 +89,7 @@ def _blobs(rng: np.random.Generator, count: int, radius: tuple[float, float], el
 
 
 def _fibres(rng: np.random.Generator, angle: float) -> np.ndarray:
-    """Eosin map (S, S) in [0, 1] of wavy parallel fibres at ``angle``."""
+    """Return the eosin map (S, S) in [0, 1] of wavy parallel fibres at ``angle``."""
     yy, xx = np.mgrid[0:PATCH_SIZE, 0:PATCH_SIZE].astype(np.float32)
     across = -xx * np.sin(angle) + yy * np.cos(angle)
     along = xx * np.cos(angle) + yy * np.sin(angle)
@@ -113,7 +113,7 @@ def _concentrations(rng: np.random.Generator, cls: str) -> tuple[np.ndarray, np.
 
 
 def paint_patch(rng: np.random.Generator, cls: str, site: str) -> np.ndarray:
-    """One RGB patch (S, S, 3) uint8 of class ``cls`` stained as at ``site``."""
+    """Paint one RGB patch (S, S, 3) uint8 of class ``cls`` stained as at ``site``."""
     style = SITE_STYLES[site]
     c_h, c_e = _concentrations(rng, cls)
     strength = style.stain_strength * rng.uniform(0.92, 1.08)  # slide-to-slide variation within a site
@@ -134,7 +134,7 @@ def cell_count(site: str, cls: str, patches_per_cell: int) -> int:
 def write_toy_dataset(folder: Path, *, patches_per_cell: int = 12, seed: int = TOY_SEED) -> Path:
     """Write the toy set as a labelled folder (``images/*.png`` + ``metadata.csv``); return the folder.
 
-    A folder that already holds the same set (same size and seed) is reused.
+    A folder that already contains the same set (same size and seed) is reused.
     """
     if patches_per_cell < 1:
         raise ValueError(f"patches_per_cell must be >= 1, got {patches_per_cell}")

@@ -29,7 +29,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie (exited, not yet reaped) still answers signal 0.
+    # kill(pid, 0) also succeeds for a zombie (exited, not yet reaped), so the state is read too.
     return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
 
 
