@@ -121,6 +121,7 @@ class TrainConfig:
     warmup_fraction: float = 0.01  # share of total_steps spent in linear warm-up
     total_steps: int = 1000  # length of the cosine schedule; federated runs use rounds x local steps
     ema_decay: float = 0.999
+    use_ema: bool = True  # off for federated local steps, where the server keeps the EMA instead
     grad_clip_norm: float = 1.0  # max global gradient L2 norm (non-DP training)
     batch_size: int = 32
     mixed_precision: str = "auto"  # "auto": bf16 on a GPU that supports it, else fp32

@@ -90,7 +90,8 @@ class Trainer:
         )
         warmup = math.ceil(config.warmup_fraction * config.total_steps)
         self.lr_scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup, config.total_steps)
-        self.ema = EMA(self.model, decay=config.ema_decay)
+        # A site's local steps do not need an EMA (the server keeps one); skipping it saves a model copy.
+        self.ema: EMA | None = EMA(self.model, decay=config.ema_decay) if config.use_ema else None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.amp_dtype = autocast_dtype(config.mixed_precision, self.device)
@@ -163,7 +164,8 @@ class Trainer:
             else:
                 self.optimizer.step()
             self.lr_scheduler.step()
-            self.ema.update(self.model)
+            if self.ema is not None:
+                self.ema.update(self.model)
             self.step += 1
             examples += x.shape[0]
             losses.append(float(loss.detach()))
@@ -178,7 +180,7 @@ class Trainer:
         return {
             "step": self.step,
             "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "generator": self.generator.get_state(),
@@ -191,7 +193,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.generator.set_state(state["generator"])

@@ -161,3 +161,12 @@ def test_preset_unknown_name():
 def test_model_config_rejects_mismatched_levels():
     with pytest.raises(ConfigError, match="must have the same length"):
         ModelConfig(block_out_channels=[32, 64])
+
+
+def test_build_model_with_weights_matches_source():
+    source = build_model(model_preset("tiny"), SPEC)
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    rebuilt = build_model(model_preset("tiny"), SPEC, weights=state)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 500])
+    cond = SPEC.encode([{"class": "tumor", "site": "A7"}] * 2)
+    assert torch.equal(source(x, t, cond), rebuilt(x, t, cond))

@@ -110,3 +110,13 @@ def test_ema_follows_weights(brca):
     ema_value = trainer.ema.shadow[name]
     assert not torch.equal(ema_value, trainer.model.state_dict()[name])
     assert torch.isfinite(ema_value).all()
+
+
+def test_trainer_without_ema_trains_and_checkpoints(brca, tmp_path):
+    spec, x, cond = brca
+    config = TrainConfig(total_steps=2, batch_size=2, use_ema=False)
+    trainer = build_trainer(model_preset("tiny"), spec, config, device="cpu")
+    trainer.train_steps(_batches(x, cond, 2, seed=0), 2)
+    trainer.save_checkpoint(tmp_path / "c.pt")
+    assert trainer.ema is None
+    assert Trainer.load_checkpoint(tmp_path / "c.pt").step == 2

@@ -315,7 +315,8 @@ class PrivateTrainer:
                         p.grad.add_(p.detach() - anchor_params[name].to(p.device), alpha=proximal_mu)
             trainer.optimizer.step()
             trainer.lr_scheduler.step()
-            trainer.ema.update(trainer.model)
+            if trainer.ema is not None:
+                trainer.ema.update(trainer.model)
             trainer.step += 1
             examples += size
             if loss is None:
