@@ -102,6 +102,9 @@ class EvaluationSimConfig:
     fidelity: bool = True  # Fréchet and kernel distances in the encoder's feature space
     site_fidelity: bool = True  # does a site classifier recognise the intended site of synthetic patches?
     grid_per_cell: int = 4  # patches per (class, site) cell in the report's sample grids
+    # Real patches loaded per (site, class) cell for the probes; None loads all. The evaluation keeps
+    # its patches in memory (about 12 KiB each at 32 px), so full TCGA-UT needs a cap.
+    max_real_per_cell: int | None = None
 
 
 @dataclass

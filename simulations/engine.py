@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -253,7 +254,10 @@ def simulation_superlink(run_dir: Path, engine: EngineConfig) -> Iterator[tuple[
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, on_sigterm)  # so a `kill` of medi-sim still runs the clean-up below
+    # So that a `kill` of medi-sim still runs the clean-up below; Python only allows this in the main thread.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, on_sigterm)
     try:
         sl.wait_for_port(HOST, port, timeout=engine.startup_timeout_s, process=link)
         tree.poll()
@@ -266,7 +270,8 @@ def simulation_superlink(run_dir: Path, engine: EngineConfig) -> Iterator[tuple[
         if left:
             logger.info("stopped %d process(es) the simulation had started", len(left))
         shutil.rmtree(ray_tmp, ignore_errors=True)
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 def run_simulated_federation(

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from medi_core.data import PatchDataset
 from medi_core.errors import EvaluationError
 from medi_core.evaluation import (
     EvaluationConfig,
@@ -35,6 +37,7 @@ from medi_core.evaluation import (
     run_sweep,
     site_fidelity,
 )
+from medi_core.metadata import CLASS_FIELD, SITE_FIELD
 from medi_core.report import write_report
 from medi_sim.config import EvaluationSimConfig
 from medi_sim.sites import open_manifest
@@ -45,10 +48,27 @@ REAL_TRAIN = "real"
 SYNTHETIC_ORDER = ("cls-only", "medi-fed", "medi-central")  # (c), (d), (e)
 
 
-def load_patches(manifests: Sequence[Path], *, image_size: int, name: str) -> LabeledPatches:
+def cap_per_cell(dataset: PatchDataset, limit: int | None, *, seed: int) -> PatchDataset:
+    """Keep at most ``limit`` random patches per (site, class) cell; None keeps every patch."""
+    if limit is None:
+        return dataset
+    if limit < 1:
+        raise EvaluationError(f"evaluation.max_real_per_cell must be >= 1 or null, got {limit}")
+    records = dataset.records.assign(_row=np.arange(len(dataset)))
+    shuffled = records.sample(frac=1.0, random_state=seed)
+    kept = shuffled.groupby([SITE_FIELD, CLASS_FIELD], sort=False, dropna=False).head(limit)["_row"].to_numpy()
+    return dataset.subset(np.sort(kept))
+
+
+def load_patches(
+    manifests: Sequence[Path], *, image_size: int, name: str, max_per_cell: int | None = None, seed: int = 0
+) -> LabeledPatches:
     """Load manifests (site data, holdout or synthetic) into one `LabeledPatches` at ``image_size`` px."""
     parts = [
-        LabeledPatches.from_dataset(open_manifest(path, image_size=image_size), image_size=image_size, name=name)
+        LabeledPatches.from_dataset(
+            cap_per_cell(open_manifest(path, image_size=image_size), max_per_cell, seed=seed),
+            image_size=image_size, name=name,
+        )
         for path in manifests
     ]
     if not parts:
@@ -174,6 +194,7 @@ __all__ = [
     "cell_counts",
     "evaluation_config",
     "federated_synthetic_manifests",
+    "cap_per_cell",
     "load_patches",
     "run_experiment",
     "synthesis_rows",

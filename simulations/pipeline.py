@@ -149,8 +149,9 @@ def run_pipeline(config: SimConfig, run_dir: Path, *, progress: bool = True) -> 
     stages.update()
 
     _start(stages, 3)
-    train = load_patches(list(split.manifests.values()), image_size=size, name="real train")
-    test = load_patches([split.holdout_manifest], image_size=size, name="real held-out")
+    cap = config.evaluation.max_real_per_cell
+    train = load_patches(list(split.manifests.values()), image_size=size, name="real train", max_per_cell=cap, seed=config.seed)
+    test = load_patches([split.holdout_manifest], image_size=size, name="real held-out", max_per_cell=cap, seed=config.seed)
     federated = federated_synthetic_manifests(list(split.output_dirs.values()), settings.run_name)
     manifests: dict[str, list[Path]] = {MEDI_FEDERATED: federated}
     manifests.update({name: [result.manifest] for name, result in baselines.items()})

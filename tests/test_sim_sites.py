@@ -10,7 +10,8 @@ import pytest
 
 from medi_core.errors import ConfigError
 from medi_sim.config import DataConfig, PrivacySimConfig, data_presets
-from medi_sim.sites import SiteSplit, open_source, plan_for, prepare_sites
+from medi_sim.experiment import cap_per_cell
+from medi_sim.sites import SiteSplit, open_manifest, open_source, plan_for, prepare_sites
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BRCA = DATA / "patches" / "brca-m2c"
@@ -133,3 +134,16 @@ def test_tcga_tiles_one_site_rejected(tmp_path: Path) -> None:
 def test_tcga_preset_needs_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data.path=FOLDER_OR_CSV"):
         prepare_sites(data_presets()["tcga-ut"], PrivacySimConfig(), tmp_path, image_size=32)
+
+
+def test_cap_per_cell_limits_each_cell(brca_split: SiteSplit) -> None:
+    dataset = open_manifest(brca_split.manifests["A7"], image_size=32)
+    capped = cap_per_cell(dataset, 5, seed=0)
+    counts = capped.records.groupby("class").size().to_dict()
+    # A7 has lymphocyte 10, stromal 4, tumor_epithelial 22: every cell is cut to at most 5.
+    assert counts == {"lymphocyte": 5, "stromal": 4, "tumor_epithelial": 5}
+
+
+def test_cap_per_cell_none_keeps_all(brca_split: SiteSplit) -> None:
+    dataset = open_manifest(brca_split.manifests["A7"], image_size=32)
+    assert len(cap_per_cell(dataset, None, seed=0)) == 36
