@@ -13,12 +13,13 @@ import logging
 import sys
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from medi_core import protocol as P
 from medi_core import transfer
 from medi_core.data import metadata_counts
+from medi_core.errors import PrivacyBudgetExceeded
 from medi_core.site_summary import summarize_counts
 from medi_client.audit import audit_mod
 from medi_client.local_training import train_round
@@ -72,7 +73,12 @@ def train(message: Message, context: Context) -> Message:
     _setup_logging()
     site = SiteConfig.from_context(context)
     config = dict(message.content.config_records[P.CONFIG])
-    delta, metrics = train_round(site, _arrays(message), config)
+    try:
+        delta, metrics = train_round(site, _arrays(message), config)
+    except PrivacyBudgetExceeded as err:
+        # Rejecting a round is deliberate, so the site replies with the reason instead of raising a traceback.
+        logger.warning("site %s declines to train: %s", site.site_id, err)
+        return Message(Error(code=P.DECLINED_ERROR_CODE, reason=str(err)), reply_to=message)
     precision = str(config.get(P.TRANSFER_PRECISION, "float32"))
     content = RecordDict({P.ARRAYS: _record(transfer.encode(delta, precision)), P.METRICS: MetricRecord(metrics)})
     return Message(content, reply_to=message)

@@ -33,6 +33,7 @@ from medi_core.model import build_model
 from medi_core.privacy import PrivacyConfig, make_private
 from medi_core.training import Trainer, TrainResult
 from medi_client.site import SiteConfig, open_site_data
+from medi_client.site_privacy import site_privacy, warn_if_plan_exceeds_max
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def _train_private(
     trainer: Trainer,
     dataset: PatchDataset,
     site: SiteConfig,
+    privacy: PrivacyConfig,
     *,
     run_name: str,
     server_round: int,
@@ -101,22 +103,24 @@ def _train_private(
     proximal_mu: float,
     anchor: dict[str, torch.Tensor] | None,
 ) -> tuple[TrainResult, dict[str, float]]:
-    """DP-SGD local steps: noise calibrated so the whole run spends ``max-epsilon``, never more.
+    """DP-SGD local steps with the site's settings (`medi_client.site_privacy`), never past ``max-epsilon``.
 
     The accountant lives in ``privacy-state-dir`` under the run's name, so a
-    restarted SuperNode continues the same budget. `make_private` raises
-    `PrivacyBudgetExceeded` before a step that would pass ``max-epsilon``.
+    restarted SuperNode continues the same budget. `PrivateTrainer.train_steps`
+    raises `PrivacyBudgetExceeded` before a round that would pass ``max-epsilon``.
     """
+    planned_steps = trainer.config.total_steps  # rounds x local steps of the whole run
     private = make_private(
         trainer,
-        privacy=PrivacyConfig(enabled=True, target_epsilon=site.max_epsilon),
+        privacy=privacy,
         num_examples=len(dataset),
         state_path=site.privacy_dir / f"{run_name}-accountant.json",
-        planned_steps=trainer.config.total_steps,
+        planned_steps=planned_steps,
         max_epsilon=site.max_epsilon,
         site=site.site_id,
     )
     try:
+        warn_if_plan_exceeds_max(private, site, planned_steps=planned_steps)
         result = private.train_steps(dataset, local_steps, proximal_mu=proximal_mu, anchor_params=anchor, round_id=server_round)
     finally:
         private.close()
@@ -139,6 +143,7 @@ def train_round(
     local_steps = int(config[P.LOCAL_STEPS])
     proximal_mu = float(config.get(P.PROXIMAL_MU, 0.0))
     run_name = str(config[P.RUN_NAME])
+    privacy = site_privacy(site, config, server_round=server_round)
 
     dataset = open_site_data(site, image_size=model_config.sample_size)
     model = build_model(model_config, spec)
@@ -150,9 +155,9 @@ def train_round(
     anchor = {k: v.detach().clone() for k, v in trainer.model.named_parameters()} if proximal_mu > 0 else None
     privacy_metrics: dict[str, float] = {}
     try:
-        if site.max_epsilon > 0:
+        if privacy is not None:
             result, privacy_metrics = _train_private(
-                trainer, dataset, site, run_name=run_name, server_round=server_round, local_steps=local_steps,
+                trainer, dataset, site, privacy, run_name=run_name, server_round=server_round, local_steps=local_steps,
                 proximal_mu=proximal_mu, anchor=anchor,
             )
         else:

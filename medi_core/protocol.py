@@ -10,6 +10,9 @@ Flow of one run (who sends what):
 | handshake | ``query.summary`` | ``CONFIG`` (k, fields) | ``SUMMARY`` (k-anonymised counts) |
 | round | ``train`` | ``ARRAYS`` (global weights), ``CONFIG`` | ``ARRAYS`` (weight delta), ``METRICS`` |
 | synthesis | ``query.synthesize`` | ``ARRAYS`` (EMA weights), ``CONFIG`` (quota) | ``METRICS``, ``SUMMARY`` (counts) |
+
+A site that declines a request (privacy budget spent, k below its floor)
+replies with a Flower error whose code is ``DECLINED_ERROR_CODE``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ SAMPLE_SEED: Final = "sample-seed"
 SAMPLE_BATCH_SIZE: Final = "sample-batch-size"
 SAMPLER_CARD: Final = "sampler-card"  # JSON model card of the global sampler
 MAX_SYNTHETIC_PER_CELL: Final = "max-synthetic-per-cell"  # 0: no cap
+# DP-SGD settings the server proposes; each site caps them by its own max-epsilon.
+# The run-config keys of medi_server.settings.FederationSettings have the same names.
+DP_TARGET_EPSILON: Final = "dp-target-epsilon"  # 0: the site's own max-epsilon
+DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"  # 0: calibrate from the target epsilon
+DP_MAX_GRAD_NORM: Final = "dp-max-grad-norm"  # per-example clipping bound C
+DP_NOISE_MULTIPLICITY: Final = "dp-noise-multiplicity"  # noise/timestep draws per example
+DP_DELTA: Final = "dp-delta"  # 0: 0.1 / (number of local training patches)
 
 # -- keys of the client's METRICS record -------------------------------------
 NUM_EXAMPLES: Final = "num-examples"  # FedAvg weights replies by this key
@@ -58,6 +68,11 @@ STEPS_DONE: Final = "steps"
 EPSILON: Final = "epsilon"  # privacy spent so far at this site; absent without DP
 EPSILON_DELTA: Final = "delta"
 SYNTHETIC_WRITTEN: Final = "synthetic-written"  # patches written by the synthesis handler
+
+# -- error replies -----------------------------------------------------------
+# Error code of a reply in which a site declines a request on purpose (privacy
+# budget spent, k below the site's floor); Flower 1.42 uses codes 0-8.
+DECLINED_ERROR_CODE: Final = 1001
 
 # -- keys of the SUMMARY record ----------------------------------------------
 SUMMARY_JSON: Final = "json"

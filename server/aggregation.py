@@ -61,6 +61,11 @@ def screen_replies(
         site = sites.get(node, f"node {node}")
         outcome = ReplyOutcome(node_id=node, site=site, accepted=False)
         outcomes.append(outcome)
+        if msg.has_error() and msg.error.code == P.DECLINED_ERROR_CODE:
+            outcome.reason = f"declined: {msg.error.reason}"
+            logger.warning("round %d: site %s declined to train and is left out of this round: %s",
+                           server_round, site, msg.error.reason)
+            continue
         if msg.has_error():
             outcome.reason = f"client error: {msg.error.reason}"
             logger.warning("round %d: site %s failed and is left out of this round: %s", server_round, site, msg.error.reason)

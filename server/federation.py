@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -69,7 +70,8 @@ class Federation:
         self.plan: BalancePlan | None = None
         self.global_weights: dict[str, np.ndarray] = {}
         self.ema: GlobalEMA | None = None
-        self.epsilon: dict[str, float] = {}
+        self.epsilon: dict[str, float] = {}  # site -> epsilon spent so far, as last reported
+        self.delta: dict[str, float] = {}  # site -> delta of that epsilon
         self.completed_round = 0
 
     # -- setup ------------------------------------------------------------------
@@ -114,6 +116,7 @@ class Federation:
         self.global_weights = state.global_weights
         self.ema = GlobalEMA(state.ema_weights, self.settings.server_ema_decay, int(state.state["ema_updates"]))
         self.epsilon = {k: float(v) for k, v in state.state.get("epsilon", {}).items()}
+        self.delta = {k: float(v) for k, v in state.state.get("delta", {}).items()}
         load_strategy_state(self.strategy, state.strategy_arrays)
         self.metrics.truncate_after(self.completed_round)
         known = {s["site_id"] for s in state.state["sites"]}
@@ -179,6 +182,11 @@ class Federation:
             P.LOCAL_STEPS: s.local_steps,
             P.TRANSFER_PRECISION: s.transfer_precision,
             P.RUN_NAME: s.run_name,
+            P.DP_TARGET_EPSILON: s.dp_target_epsilon,
+            P.DP_NOISE_MULTIPLIER: s.dp_noise_multiplier,
+            P.DP_MAX_GRAD_NORM: s.dp_max_grad_norm,
+            P.DP_NOISE_MULTIPLICITY: s.dp_noise_multiplicity,
+            P.DP_DELTA: s.dp_delta,
         })
 
     def admit_new_nodes(self, server_round: int) -> None:
@@ -209,6 +217,7 @@ class Federation:
         for o in outcomes:
             if P.EPSILON in o.metrics:
                 self.epsilon[o.site] = o.metrics[P.EPSILON]
+                self.delta[o.site] = o.metrics.get(P.EPSILON_DELTA, float("nan"))
 
         self._save(server_round)
         self._log_round(server_round, outcomes, bytes_sent, time.perf_counter() - started)
@@ -261,6 +270,7 @@ class Federation:
             "balance_plan": self.plan.to_dict(),
             "ema_updates": self.ema.num_updates,
             "epsilon": self.epsilon,
+            "delta": self.delta,
             "sites": [{"site_id": i.site_id, "node_id": i.node_id, "summary": i.summary.to_json()} for i in self.sites.values()],
             "settings": self.settings.to_run_config(),
         }
@@ -310,9 +320,20 @@ class Federation:
             "data_counts": {i.site_id: {str(k): str(c) for k, c in i.summary.cells.items()} for i in self.sites.values()},
             "k_anonymity": self.settings.k_anonymity,
             "epsilon_per_site": self.epsilon or "no differential privacy",
+            "delta_per_site": self.delta or "no differential privacy",
+            "epsilon_per_round": self._epsilon_per_round() or "no differential privacy",
             "server_ema_decay": self.settings.server_ema_decay,
             "transfer_precision": self.settings.transfer_precision,
         }
+
+    def _epsilon_per_round(self) -> dict[str, dict[str, float]]:
+        """``{site: {round: epsilon spent after it}}`` from the metrics log, for the rounds a site trained with DP."""
+        table: dict[str, dict[str, float]] = {}
+        for row in self.metrics.read("sites.jsonl"):
+            epsilon = row.get("epsilon")
+            if isinstance(epsilon, (int, float)) and math.isfinite(epsilon):
+                table.setdefault(row["site"], {})[str(row["round"])] = float(epsilon)
+        return table
 
     def finish(self) -> dict[str, Any]:
         """Write the sampler and, if configured, run synthesis at the sites; return the report."""

@@ -71,6 +71,13 @@ class FederationSettings:
     balance_target: int = 0  # target per cell for the "fixed" policy
     max_synthetic_per_cell: int = 0  # cap of generated patches per (site, class); 0: no cap
 
+    # -- differential privacy (proposed; a site with max-epsilon 0 trains without DP) --
+    dp_target_epsilon: float = 0.0  # epsilon per site over the whole run, capped at the site's max-epsilon; 0: that max
+    dp_noise_multiplier: float = 0.0  # fixed noise std / clipping bound; 0: calibrate from the target epsilon
+    dp_max_grad_norm: float = 1.0  # per-example clipping bound C (L2 norm); 1.0 matches non-private clipping
+    dp_noise_multiplicity: int = 1  # noise/timestep draws averaged per example before clipping
+    dp_delta: float = 0.0  # 0: 0.1 / (local training patches), well below 1 / N
+
     # -- sampling -----------------------------------------------------------------
     synthesize: bool = True  # send the sampler and quotas to the sites at the end
     sample_steps: int = 50  # DDIM steps at the sites
@@ -102,6 +109,11 @@ class FederationSettings:
             (self.balance_policy in BALANCE_POLICIES, "balance-policy", f"one of {list(BALANCE_POLICIES)}"),
             (self.balance_target >= 0, "balance-target", "a count >= 0"),
             (self.max_synthetic_per_cell >= 0, "max-synthetic-per-cell", "a count >= 0 (0: no cap)"),
+            (self.dp_target_epsilon >= 0, "dp-target-epsilon", "an epsilon >= 0 (0: each site's max-epsilon)"),
+            (self.dp_noise_multiplier >= 0, "dp-noise-multiplier", "a multiplier >= 0 (0: calibrate)"),
+            (self.dp_max_grad_norm > 0, "dp-max-grad-norm", "a clipping bound > 0"),
+            (self.dp_noise_multiplicity >= 1, "dp-noise-multiplicity", "an integer >= 1"),
+            (0.0 <= self.dp_delta < 1.0, "dp-delta", "a delta in [0, 1) (0: 0.1 / local patches)"),
             (self.sample_steps >= 1, "sample-steps", "an integer >= 1"),
             (self.guidance_scale >= 0, "guidance-scale", "a scale >= 0"),
             (self.sample_batch_size >= 1, "sample-batch-size", "an integer >= 1"),
@@ -111,6 +123,11 @@ class FederationSettings:
         for ok, key, expected in checks:
             if not ok:
                 raise ConfigError(f"run config {key} = {getattr(self, key.replace('-', '_'))!r} is invalid; expected {expected}")
+        if self.dp_target_epsilon > 0 and self.dp_noise_multiplier > 0:
+            raise ConfigError(
+                f"run config sets both dp-target-epsilon = {self.dp_target_epsilon} and dp-noise-multiplier = "
+                f"{self.dp_noise_multiplier}; set one of them to 0 (a fixed noise multiplier ignores the target)"
+            )
         if "class" not in self.fields_list:
             raise ConfigError(f"run config summary-fields = {self.summary_fields!r} must include 'class'")
 
@@ -147,6 +164,8 @@ class FederationSettings:
                              "max-update-norm", "server-ema-decay", "transfer-precision", "round-timeout"]),
             ("handshake", ["k-anonymity", "summary-fields", "unseen-values", "balance-policy",
                            "balance-target", "max-synthetic-per-cell"]),
+            ("privacy", ["dp-target-epsilon", "dp-noise-multiplier", "dp-max-grad-norm",
+                         "dp-noise-multiplicity", "dp-delta"]),
             ("sampling", ["synthesize", "sample-steps", "guidance-scale", "sample-batch-size", "grid-every"]),
         ]
         return [f"{title:>12}: " + ", ".join(f"{k}={d[k]}" for k in keys) for title, keys in groups]
