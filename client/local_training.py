@@ -1,7 +1,7 @@
 """One round of local training at a site: global weights in, weight delta and metrics out.
 
-The site rebuilds the model from the round's configs, loads the received
-weights, runs ``local-steps`` optimiser steps of the core `Trainer` on its own
+The site builds the model from the round's configs straight from the
+received weights, runs ``local-steps`` optimiser steps of the core `Trainer` on its own
 patches (with the FedProx term when the server sends ``proximal-mu``), and returns
 ``w_local - w_received``. AdamW moments, the learning-rate schedule position
 and the random generator persist on the site's disk between rounds
@@ -29,7 +29,7 @@ from medi_core.data import PatchDataset, iterate_batches
 from medi_core.diffusion import GaussianDiffusion
 from medi_core.errors import NonFiniteError
 from medi_core.metadata import MetadataSpec
-from medi_core.model import build_model
+from medi_core.model import MediUNet, build_model
 from medi_core.privacy import PrivacyConfig, make_private
 from medi_core.training import Trainer, TrainResult
 from medi_client.site import SiteConfig, open_site_data
@@ -49,17 +49,22 @@ def configs_from_round(config: Mapping[str, Any]) -> tuple[ModelConfig, Diffusio
     )
 
 
-def load_weights(model: torch.nn.Module, weights: Mapping[str, np.ndarray], *, site: str) -> None:
-    """Copy received fp32 arrays into ``model``; the names and shapes must match exactly."""
-    state = model.state_dict()
-    reference = {k: v for k, v in state.items() if v.is_floating_point()}
+def model_from_weights(
+    model_config: ModelConfig, spec: MetadataSpec, weights: Mapping[str, np.ndarray], *, site: str
+) -> MediUNet:
+    """Build the model straight from received fp32 arrays; the names and shapes must match exactly.
+
+    The arrays are copied, because training changes the model in place and the
+    received weights are still needed to form the delta.
+    """
+    state = {name: torch.tensor(np.asarray(value, dtype=np.float32)) for name, value in weights.items()}
     try:
-        transfer.check_same_layout(weights, {k: v.numpy() for k, v in reference.items()}, what=f"site {site}: received weights")
-    except ValueError as err:
-        raise ValueError(f"{err}; the server and this site run different model code") from err
-    for name, value in weights.items():
-        state[name] = torch.from_numpy(np.asarray(value, dtype=np.float32)).to(state[name].dtype)
-    model.load_state_dict(state)
+        return build_model(model_config, spec, weights=state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"site {site}: received weights do not match the model ({err}); the server and this site run "
+            "different model code"
+        ) from err
 
 
 def _restore_trainer_state(trainer: Trainer, path: Path, *, site: str) -> None:
@@ -138,6 +143,7 @@ def train_round(
     server_round = int(config.get(P.SERVER_ROUND, 0))
     model_config, diffusion_config, spec = configs_from_round(config)
     train_config = config_from_dict(TrainConfig, json.loads(str(config[P.TRAIN_CONFIG])))
+    train_config.use_ema = False  # the server keeps the EMA of the global weights; a local one would go unused
     # Each site draws its own noise, timesteps and dropout: mix the site id into the seed.
     train_config.seed = train_config.seed * 1_000_003 + zlib.crc32(site.site_id.encode())
     local_steps = int(config[P.LOCAL_STEPS])
@@ -146,8 +152,7 @@ def train_round(
     privacy = site_privacy(site, config, server_round=server_round)
 
     dataset = open_site_data(site, image_size=model_config.sample_size)
-    model = build_model(model_config, spec)
-    load_weights(model, global_weights, site=site.site_id)
+    model = model_from_weights(model_config, spec, global_weights, site=site.site_id)
     trainer = Trainer(model, GaussianDiffusion(diffusion_config), train_config, device=site.torch_device())
     state_path = site.state_dir(run_name) / TRAINER_STATE
     _restore_trainer_state(trainer, state_path, site=site.site_id)

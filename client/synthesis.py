@@ -26,10 +26,9 @@ from medi_core import protocol as P
 from medi_core.artifact import MediSampler
 from medi_core.balance import local_deficit
 from medi_core.metadata import SITE_FIELD
-from medi_core.model import build_model
 from medi_core.sampling import to_uint8_images
 from medi_core.site_summary import exact_class_counts
-from medi_client.local_training import configs_from_round, load_weights
+from medi_client.local_training import configs_from_round, model_from_weights
 from medi_client.site import SiteConfig, open_site_data
 
 logger = logging.getLogger(__name__)
@@ -54,8 +53,7 @@ def synthesize_quota(
     cap = int(config.get(P.MAX_SYNTHETIC_PER_CELL, 0)) or None
     card = json.loads(str(config.get(P.SAMPLER_CARD, "{}")))
 
-    model = build_model(model_config, spec)
-    load_weights(model, ema_weights, site=site.site_id)
+    model = model_from_weights(model_config, spec, ema_weights, site=site.site_id)
     model.to(site.torch_device())
     sampler = MediSampler(model, diffusion_config, card, default_steps=int(config[P.SAMPLE_STEPS]))
     sampler.save_pretrained(site.output_dir / "sampler" / run_name)

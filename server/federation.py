@@ -173,6 +173,7 @@ class Federation:
             total_steps=s.num_server_rounds * s.local_steps,
             mixed_precision=s.mixed_precision,
             seed=s.seed,
+            use_ema=False,  # local steps need no EMA: the server keeps one of the global weights
         )
         return ConfigRecord({
             P.MODEL_CONFIG: json.dumps(asdict(self.model_config)),

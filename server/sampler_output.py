@@ -21,12 +21,14 @@ logger = logging.getLogger(__name__)
 
 
 def model_from_weights(weights: Mapping[str, np.ndarray], model_config: ModelConfig, spec: MetadataSpec) -> MediUNet:
-    """Build the model and load fp32 weights into it (every floating-point entry must be present)."""
-    model = build_model(model_config, spec)
-    state = model.state_dict()
-    for name, value in weights.items():
-        state[name] = torch.from_numpy(np.asarray(value, dtype=np.float32)).to(state[name].dtype)
-    model.load_state_dict(state)
+    """Build the model in eval mode straight from fp32 weights (every floating-point entry must be present).
+
+    The tensors share memory with ``weights`` (no copy of a 415 M-parameter
+    model), so the model must only be used for inference: sampling never
+    writes to its weights.
+    """
+    state = {name: torch.from_numpy(np.asarray(value, dtype=np.float32)) for name, value in weights.items()}
+    model = build_model(model_config, spec, weights=state)
     model.eval()
     return model
 

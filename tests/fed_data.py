@@ -1,12 +1,18 @@
-"""Real BRCA-M2C patches split by tissue source site into one manifest CSV per site (test helper)."""
+"""Real BRCA-M2C patches split by tissue source site into one manifest CSV per site, and round configs (test helper)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+
+from medi_core import protocol as P
+from medi_core.config import DiffusionConfig, TrainConfig, model_preset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BRCA = DATA / "patches" / "brca-m2c"
@@ -31,3 +37,17 @@ def write_site_manifests(out: Path, sites: Sequence[str]) -> dict[str, Path]:
         part.to_csv(path, index=False)
         manifests[site] = path
     return manifests
+
+
+def round_config(spec, *, batch_size: int = 2, local_steps: int = 1, total_steps: int = 4, server_round: int = 1,
+                 run_name: str = "test-run") -> dict[str, Any]:
+    """A train message's config for the ``tiny`` preset, as the server sends it."""
+    return {
+        P.SERVER_ROUND: server_round,
+        P.MODEL_CONFIG: json.dumps(asdict(model_preset("tiny"))),
+        P.DIFFUSION_CONFIG: json.dumps(asdict(DiffusionConfig())),
+        P.TRAIN_CONFIG: json.dumps(asdict(TrainConfig(batch_size=batch_size, total_steps=total_steps))),
+        P.METADATA_SPEC: spec.to_json(),
+        P.LOCAL_STEPS: local_steps,
+        P.RUN_NAME: run_name,
+    }
