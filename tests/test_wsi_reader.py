@@ -150,3 +150,58 @@ def test_thumbnail_embedded_matches_level():
         from_level = reader.thumbnail(1.9)  # level 0 is 3.6x larger: read from the level
     resized = np.asarray(Image.fromarray(from_level).resize(embedded.shape[1::-1], Image.Resampling.BILINEAR))
     assert abs(resized.astype(float) - embedded.astype(float)).mean() < 10.0
+
+
+def _levels_read(reader: SlideReader, monkeypatch) -> list[int]:
+    levels: list[int] = []
+    original = reader.read_image
+
+    def spy(location, level, size):
+        levels.append(level)
+        return original(location, level, size)
+
+    monkeypatch.setattr(reader, "read_image", spy)
+    return levels
+
+
+def test_thumbnail_upsample_reads_coarser_level(tmp_path, monkeypatch):
+    from medi_core.wsi.synthetic import write_synthetic_slide
+
+    path = write_synthetic_slide(tmp_path / "p.svs", width=2048, height=2048, mpp=0.5, downsamples=(1, 4, 16))
+    with SlideReader(path) as reader:
+        levels = _levels_read(reader, monkeypatch)
+        thumbnail = reader.thumbnail(8.0, max_upsample=2.0)  # the 16x level is 2x coarser than 8x
+    assert set(levels) == {2}
+    assert thumbnail.shape == (256, 256, 3)  # 2048 / 8
+
+
+def test_thumbnail_default_reads_finer_level(tmp_path, monkeypatch):
+    from medi_core.wsi.synthetic import write_synthetic_slide
+
+    path = write_synthetic_slide(tmp_path / "p.svs", width=2048, height=2048, mpp=0.5, downsamples=(1, 4, 16))
+    with SlideReader(path) as reader:
+        levels = _levels_read(reader, monkeypatch)
+        reader.thumbnail(8.0)
+    assert set(levels) == {1}
+
+
+def test_thumbnail_upsample_below_one_rejected(tmp_path):
+    from medi_core.wsi.synthetic import write_synthetic_slide
+
+    path = write_synthetic_slide(tmp_path / "p.svs", width=512, height=512, mpp=0.5, downsamples=(1,))
+    with SlideReader(path) as reader, pytest.raises(ValueError, match="max_upsample must be at least 1.0, got 0.5"):
+        reader.thumbnail(8.0, max_upsample=0.5)
+
+
+@needs_slides
+def test_reader_threaded_reads_match_serial():
+    from concurrent.futures import ThreadPoolExecutor
+
+    corners = [(x, y) for x in range(0, 1800, 256) for y in range(0, 2400, 600)]  # 28 tiles
+    with SlideReader(CMU) as reader:  # threaded first, so those reads find OpenSlide's tile cache empty
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            threaded = list(pool.map(lambda xy: reader.read_rgb(xy, 0, (256, 256)), corners))
+    with SlideReader(CMU) as reader:
+        serial = [reader.read_rgb(xy, 0, (256, 256)) for xy in corners]
+    for expected, actual in zip(serial, threaded, strict=True):
+        assert np.array_equal(expected, actual)

@@ -19,6 +19,9 @@ class PrepareConfig:
     filters: TileFilterConfig = field(default_factory=TileFilterConfig)
     jpeg_quality: int = 90  # 1-100; 90 keeps JPEG artefacts below those of the scanner's own compression
     workers: int = 2  # slides processed in parallel, one process each
+    # Threads per slide that read, filter and encode tiles, so reading one tile overlaps
+    # encoding another; 2 hides most of the encoding behind the reads (docs/BENCHMARKS.md).
+    tile_threads: int = 2
     default_mpp: float | None = None  # µm/px for slides without resolution metadata (--mpp)
     keep_unlisted: bool = False  # process slides without a metadata row (class unknown)
     # Share of a slide's planned tiles allowed to fail reading (corrupt tile data)
@@ -33,12 +36,18 @@ class PrepareConfig:
             raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.tile_threads < 1:
+            raise ConfigError(f"tile_threads must be at least 1, got {self.tile_threads}")
         if self.default_mpp is not None and not 0.05 <= self.default_mpp <= 20:
             raise ConfigError(f"--mpp must be between 0.05 and 20 µm/px, got {self.default_mpp}")
         if self.tissue.thumbnail_mpp < self.tiling.mpp:
             raise ConfigError(
                 f"thumbnail_mpp ({self.tissue.thumbnail_mpp} µm/px) must not be finer than the tile mpp "
                 f"({self.tiling.mpp} µm/px)"
+            )
+        if not 1.0 <= self.tissue.max_thumbnail_upsample <= 8.0:
+            raise ConfigError(
+                f"max_thumbnail_upsample must be between 1 and 8, got {self.tissue.max_thumbnail_upsample}"
             )
         if not 0.0 <= self.max_unreadable_fraction < 1.0:
             raise ConfigError(f"max_unreadable_fraction must be in [0, 1), got {self.max_unreadable_fraction}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -113,8 +114,23 @@ class LevelChoice:
     downsample: float  # level-0 px per level px
 
 
+class _Handle:
+    """An OpenSlide handle with the number of reads using it; a replaced handle closes when unused."""
+
+    def __init__(self, slide: openslide.OpenSlide) -> None:
+        self.slide = slide
+        self.users = 0
+        self.replaced = False
+
+
 class SlideReader:
-    """One OpenSlide handle that reopens itself once after a read error."""
+    """One OpenSlide handle that reopens itself once after a read error.
+
+    Reads may run in several threads at once (OpenSlide reads are thread-safe,
+    and ctypes and OpenSlide's pixel conversion release the GIL). A handle
+    replaced after an error is closed only when the last read using it ends,
+    because closing an OpenSlide handle while another thread reads it is unsafe.
+    """
 
     def __init__(self, path: str | Path, slide_id: str | None = None) -> None:
         self.path = Path(path)
@@ -123,11 +139,13 @@ class SlideReader:
             raise SlideReadError(f"slide {self.slide_id}: file {self.path} not found")
         if not self.path.is_file():
             raise SlideReadError(f"slide {self.slide_id}: {self.path} is not a file")
-        self._slide = self._open()
-        self.dimensions: tuple[int, int] = self._slide.dimensions  # (width, height) at level 0
-        self.level_dimensions: tuple[tuple[int, int], ...] = self._slide.level_dimensions
-        self.level_downsamples: tuple[float, ...] = self._slide.level_downsamples
-        self.properties: dict[str, str] = dict(self._slide.properties)
+        self._lock = threading.Lock()
+        self._handle = _Handle(self._open())
+        slide = self._handle.slide
+        self.dimensions: tuple[int, int] = slide.dimensions  # (width, height) at level 0
+        self.level_dimensions: tuple[tuple[int, int], ...] = slide.level_dimensions
+        self.level_downsamples: tuple[float, ...] = slide.level_downsamples
+        self.properties: dict[str, str] = dict(slide.properties)
 
     def _open(self) -> openslide.OpenSlide:
         # OpenSlide() rather than open_slide(): the latter wraps PNG/JPEG files in an
@@ -148,7 +166,9 @@ class SlideReader:
             raise SlideReadError(f"slide {self.slide_id}: OpenSlide cannot open {self.path.name}: {err}") from None
 
     def close(self) -> None:
-        self._slide.close()
+        """Close the handle; call it only after every read has returned."""
+        with self._lock:
+            self._handle.slide.close()
 
     def __enter__(self) -> SlideReader:
         return self
@@ -168,15 +188,35 @@ class SlideReader:
                 level = index
         return LevelChoice(level, float(self.level_downsamples[level]))
 
-    def read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        """Read a region as RGB uint8 (height, width, 3); transparent pixels become white (255).
+    def _acquire(self) -> _Handle:
+        with self._lock:
+            self._handle.users += 1
+            return self._handle
+
+    def _release(self, handle: _Handle) -> None:
+        with self._lock:
+            handle.users -= 1
+            if handle.replaced and handle.users == 0:
+                handle.slide.close()
+
+    def _replace(self, failed: _Handle) -> None:
+        """Open a new handle in place of ``failed``, unless another thread already did."""
+        with self._lock:
+            if self._handle is not failed:
+                return
+            self._handle = _Handle(self._open())
+            failed.replaced = True  # closed by the last _release
+
+    def read_image(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        """Read a region as an RGB PIL image; transparent pixels become white (255).
 
         After an `openslide.OpenSlideError` the handle is broken, so it is reopened
         and the read retried once; a second failure raises `SlideReadError`.
         """
         for attempt in (1, 2):
+            handle = self._acquire()
             try:
-                region = self._slide.read_region(location, level, size)
+                region = handle.slide.read_region(location, level, size)
                 break
             except openslide.OpenSlideError as err:
                 if attempt == 2:
@@ -185,62 +225,77 @@ class SlideReader:
                         f"failed twice: {err}; the file is probably corrupt"
                     ) from None
                 logger.warning("slide %s: read error at (x, y)=%s (%s); reopening the slide", self.slide_id, location, err)
-                self._slide.close()
-                self._slide = self._open()
+                self._replace(handle)
+            finally:
+                self._release(handle)
         # OpenSlide marks pixels outside the scanned area with alpha 0; put them on
         # white glass. getextrema() runs in C, so intact tiles skip the compositing.
         if region.getchannel("A").getextrema()[0] < 255:
             region = Image.alpha_composite(Image.new("RGBA", region.size, (255, 255, 255, 255)), region)
-        return np.asarray(region.convert("RGB"))  # (H, W, 3) uint8
+        return region.convert("RGB")
 
-    def thumbnail(self, downsample: float) -> np.ndarray:
+    def read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """Read a region as RGB uint8 (height, width, 3); see `read_image`."""
+        return np.asarray(self.read_image(location, level, size))  # (H, W, 3) uint8
+
+    def thumbnail(self, downsample: float, *, max_upsample: float = 1.0) -> np.ndarray:
         """Return the whole slide at ``downsample`` (level-0 px per thumbnail px) as RGB (H, W, 3).
 
-        Uses the scanner's embedded thumbnail when the coarsest usable level is much
-        larger than the output. Otherwise reads that level in chunks of at most
+        Reads the coarsest level (or embedded image) that is at most ``max_upsample``
+        times coarser than ``downsample``, and scales it to the output size. With the
+        default 1.0 the source always has at least the output's resolution.
+        Uses the scanner's embedded thumbnail when that level is much larger than
+        the output. Otherwise reads the level in chunks of at most
         `THUMBNAIL_CHUNK_PX` px, so memory stays bounded for slides without a pyramid.
         """
+        if max_upsample < 1.0:
+            raise ValueError(f"max_upsample must be at least 1.0, got {max_upsample}")
         width, height = self.dimensions
         out_w, out_h = max(1, round(width / downsample)), max(1, round(height / downsample))
-        choice = self.best_level(downsample)
+        choice = self.best_level(downsample * max_upsample)
         level_w, level_h = self.level_dimensions[choice.level]
         if level_w * level_h > 4 * out_w * out_h:
-            embedded = self._embedded_thumbnail(out_w, out_h)
+            embedded = self._embedded_thumbnail(out_w, out_h, max_upsample)
             if embedded is not None:
                 return embedded
-        scale = out_w / level_w  # thumbnail px per level px
+        scale = out_w / level_w  # thumbnail px per level px, above 1 when upsampling
+        # chunk side in level px, so that neither the read nor its scaled copy exceeds the limit
+        chunk_px = max(1, math.floor(THUMBNAIL_CHUNK_PX / max(1.0, scale)))
         thumbnail = np.full((out_h, out_w, 3), 255, dtype=np.uint8)
-        for top in range(0, level_h, THUMBNAIL_CHUNK_PX):
-            for left in range(0, level_w, THUMBNAIL_CHUNK_PX):
-                chunk_w = min(THUMBNAIL_CHUNK_PX, level_w - left)
-                chunk_h = min(THUMBNAIL_CHUNK_PX, level_h - top)
+        for top in range(0, level_h, chunk_px):
+            for left in range(0, level_w, chunk_px):
+                chunk_w = min(chunk_px, level_w - left)
+                chunk_h = min(chunk_px, level_h - top)
                 x0, y0 = round(left * scale), round(top * scale)
                 x1 = min(out_w, round((left + chunk_w) * scale))
                 y1 = min(out_h, round((top + chunk_h) * scale))
                 if x1 <= x0 or y1 <= y0:
                     continue
                 location = (round(left * choice.downsample), round(top * choice.downsample))
-                chunk = self.read_rgb(location, choice.level, (chunk_w, chunk_h))
-                resized = Image.fromarray(chunk).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
+                chunk = self.read_image(location, choice.level, (chunk_w, chunk_h))
+                resized = chunk.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
                 thumbnail[y0:y1, x0:x1] = np.asarray(resized)
         return thumbnail
 
 
-    def _embedded_thumbnail(self, out_w: int, out_h: int) -> np.ndarray | None:
+    def _embedded_thumbnail(self, out_w: int, out_h: int, max_upsample: float) -> np.ndarray | None:
         """Resize the scanner's own ``thumbnail`` image when it covers the slide at enough resolution.
 
         Decoding a whole pyramid level costs more than the tiles themselves on a
         slide without a coarse level. Aperio files store a thumbnail of the same
         region; macro and label images show the whole glass and are never used.
         """
+        handle = self._acquire()
         try:
             # one lookup: Mapping's "in" would decode the image a second time
-            embedded = self._slide.associated_images["thumbnail"]
+            embedded = handle.slide.associated_images["thumbnail"]
         except KeyError:
             return None
+        finally:
+            self._release(handle)
         width, height = self.dimensions
         same_aspect = abs(embedded.width / embedded.height - width / height) <= 0.01 * width / height
-        if not same_aspect or embedded.width < out_w:
+        if not same_aspect or embedded.width * max_upsample < out_w:
             return None
         resized = embedded.convert("RGB").resize((out_w, out_h), Image.Resampling.BILINEAR)
         return np.asarray(resized)

@@ -15,6 +15,7 @@ Reasons for the layout are in docs/PATCH_STORE.md.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ import pandas as pd
 from PIL import Image
 
 from medi_core.errors import DatasetError
+from medi_core.metadata import CLASS_FIELD, SITE_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +55,11 @@ def slide_key(slide_id: str) -> str:
     return safe
 
 
-def encode_jpeg(tile: np.ndarray, quality: int) -> bytes:
-    """Encode an RGB uint8 tile (H, W, 3) as a baseline JPEG."""
+def encode_jpeg(tile: np.ndarray | Image.Image, quality: int) -> bytes:
+    """Encode an RGB tile, uint8 (H, W, 3) or a PIL image, as a baseline JPEG."""
+    image = tile if isinstance(tile, Image.Image) else Image.fromarray(tile, mode="RGB")
     buffer = io.BytesIO()
-    Image.fromarray(tile, mode="RGB").save(buffer, format="JPEG", quality=quality)
+    image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -141,8 +144,11 @@ class SlideShardWriter:
         self._offset = 0
 
     def add(self, tile: np.ndarray, *, x: int, y: int, level: int, tissue_fraction: float) -> None:
-        """Append a tile (H, W, 3) uint8 read at level-0 position (x, y)."""
-        data = encode_jpeg(tile, self.jpeg_quality)
+        """Encode and append a tile (H, W, 3) uint8 read at level-0 position (x, y)."""
+        self.add_jpeg(encode_jpeg(tile, self.jpeg_quality), x=x, y=y, level=level, tissue_fraction=tissue_fraction)
+
+    def add_jpeg(self, data: bytes, *, x: int, y: int, level: int, tissue_fraction: float) -> None:
+        """Append a tile already encoded as JPEG (at ``jpeg_quality``), read at level-0 position (x, y)."""
         self._file.write(data)
         self.rows.append((self._offset, len(data), x, y, level, round(float(tissue_fraction), 4)))
         self._offset += len(data)
@@ -152,15 +158,26 @@ class SlideShardWriter:
         self._file.close()
         self.shard_path.unlink(missing_ok=True)
 
+    def close_shard(self) -> None:
+        """Flush the shard to disk and close it; `finish` does this when it was not done."""
+        if self._file.closed:
+            return
+        self._file.flush()
+        # fdatasync writes the data and the file size, all a later read needs, and
+        # skips timestamps; fsync where the platform lacks it
+        getattr(os, "fdatasync", os.fsync)(self._file.fileno())
+        self._file.close()
+
     def finish(self, record: Mapping[str, Any]) -> None:
         """Close the shard, write the index and then the slide record (the done marker)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        index = pd.DataFrame(self.rows, columns=list(PATCH_COLUMNS))
+        self.close_shard()
         index_path = self.root / SLIDES_DIR / f"{self.key}.patches.csv"
         tmp = index_path.with_name(index_path.name + ".tmp")
-        index.to_csv(tmp, index=False)
+        # the csv module, not pandas: this runs once per slide and pandas' writer costs milliseconds
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            table = csv.writer(handle, lineterminator="\n")
+            table.writerow(PATCH_COLUMNS)
+            table.writerows(self.rows)
         os.replace(tmp, index_path)
         full = {"slide_id": self.slide_id, "key": self.key, "num_patches": len(self.rows), **record}
         _atomic_write_text(self.root / SLIDES_DIR / f"{self.key}.json", json.dumps(full, indent=2))
@@ -172,9 +189,13 @@ def read_store_records(root: Path) -> pd.DataFrame:
     Columns: ``slide_id``, ``x``, ``y`` (level 0 px), ``level``, ``mpp`` (µm/px of
     the stored tile), ``tissue_fraction``, the slide metadata fields (``class``,
     ``site``, ...), and the storage columns ``_shard``, ``_offset``, ``_nbytes``.
+    A metadata field other than class and site whose present values all parse as
+    numbers (age, counts) becomes a numeric column, as in manifest sources;
+    missing values are then NaN.
     """
     manifest = read_store_manifest(root)
     frames = []
+    metadata_fields: set[str] = set()
     for record_path in sorted((root / SLIDES_DIR).glob("*.json")):
         record = json.loads(record_path.read_text(encoding="utf-8"))
         key = record["key"]
@@ -196,13 +217,21 @@ def read_store_records(root: Path) -> pd.DataFrame:
         for name, value in record.get("metadata", {}).items():
             if name not in table.columns:
                 table[name] = value
+                metadata_fields.add(name)
         table["_shard"] = str(shard_path)
         table["_offset"] = patches["offset"].astype("int64")
         table["_nbytes"] = patches["nbytes"].astype("int64")
         frames.append(table)
     if not frames:
         return pd.DataFrame(columns=["slide_id", "x", "y", "level", "mpp", "tissue_fraction", "_shard"])
-    return pd.concat(frames, ignore_index=True)
+    # imported here: medi_core.data's package imports this module, so a top-level import would be circular
+    from medi_core.data.tables import numbers_if_numeric
+
+    records = pd.concat(frames, ignore_index=True)
+    # class and site stay text, as in manifest sources: site codes such as "01" are labels
+    for name in sorted(metadata_fields - {CLASS_FIELD, SITE_FIELD}):
+        records[name] = numbers_if_numeric(records[name])
+    return records
 
 
 __all__ = [

@@ -28,6 +28,13 @@ class TissueConfig:
 
     method: TissueMethod = "otsu_saturation"
     thumbnail_mpp: float = 4.0  # µm/px of the detection thumbnail; a 256 px tile at 0.5 µm/px covers 32 px
+    # The thumbnail may come from a pyramid level (or embedded image) up to this many times
+    # coarser than thumbnail_mpp, scaled up. On a 20x (0.5 µm/px) pyramid with 4x and 16x
+    # levels, 2.0 reads the 16x level (8 µm/px) instead of decoding the 4x level, which has
+    # 1/16 of the slide's pixels: about a fifth of what the tile reads decode when tissue
+    # covers 30 % of the slide. With 1.0 the source always has at least thumbnail_mpp, and
+    # the mask follows tissue edges more closely (4 µm instead of 8 µm steps).
+    max_thumbnail_upsample: float = 2.0
     min_saturation: float = 0.07  # floor on the threshold, HSV saturation in [0, 1]; glass is below ~0.05
     max_luminance: float = 235.0  # brighter pixels (0-255) are background even when tinted
     min_luminance: float = 25.0  # darker pixels are scanner borders or pen, not tissue
@@ -49,17 +56,31 @@ class TileFilterConfig:
     min_sharpness: float = 50.0
 
 
+def _channel_extremes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel max and min over the channels of an RGB uint8 image (H, W, 3), each uint8 (H, W)."""
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    # pairwise maximum/minimum on uint8 planes; ndarray.max(axis=2) is several times slower
+    return np.maximum(np.maximum(red, green), blue), np.minimum(np.minimum(red, green), blue)
+
+
+def _channel_sum(rgb: np.ndarray) -> np.ndarray:
+    """Sum of the three channels of an RGB uint8 image (H, W, 3), uint16 (H, W) in [0, 765]."""
+    total = rgb[..., 0].astype(np.uint16)
+    total += rgb[..., 1]
+    total += rgb[..., 2]
+    return total
+
+
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation of an RGB uint8 image (H, W, 3), float32 (H, W) in [0, 1]."""
-    rgb = rgb.astype(np.float32)
-    high = rgb.max(axis=2)
-    low = rgb.min(axis=2)
-    return np.where(high > 0, (high - low) / np.maximum(high, 1.0), 0.0).astype(np.float32)
+    high, low = _channel_extremes(rgb)
+    spread = (high - low).astype(np.float32)  # high >= low, so no uint8 wrap-around
+    return spread / np.maximum(high, 1).astype(np.float32)  # 0 where high == 0, because spread is 0 there
 
 
 def dark_fraction(thumbnail: np.ndarray, *, luminance: float = 50.0) -> float:
-    """Share of thumbnail pixels darker than ``luminance`` (0-255)."""
-    return float((thumbnail.mean(axis=2) < luminance).mean())
+    """Share of thumbnail pixels whose mean over the channels is below ``luminance`` (0-255)."""
+    return float(np.count_nonzero(_channel_sum(thumbnail) < 3 * luminance)) / (thumbnail.shape[0] * thumbnail.shape[1])
 
 
 # A brightfield slide is mostly bright glass; a fluorescence or dark-field scan
@@ -77,10 +98,11 @@ def is_brightfield(thumbnail: np.ndarray) -> tuple[bool, float]:
 def detect_tissue(thumbnail: np.ndarray, config: TissueConfig) -> np.ndarray:
     """Return the tissue mask (H, W) bool of an RGB uint8 thumbnail (H, W, 3)."""
     sat = saturation(thumbnail)
-    luminance = thumbnail.mean(axis=2)
-    usable = (luminance <= config.max_luminance) & (luminance >= config.min_luminance)
+    brightness = _channel_sum(thumbnail)  # 3 x the mean over the channels, so thresholds are scaled by 3
+    not_dark = brightness >= 3 * config.min_luminance
+    usable = not_dark & (brightness <= 3 * config.max_luminance)
     if config.method == "otsu_saturation":
-        candidates = sat[luminance >= config.min_luminance]  # glass included, so Otsu separates glass from tissue
+        candidates = sat[not_dark]  # glass included, so Otsu separates glass from tissue
         threshold = config.min_saturation
         if candidates.size and candidates.max() > candidates.min():
             threshold = max(float(filters.threshold_otsu(candidates)), config.min_saturation)
@@ -123,11 +145,20 @@ def background_fraction(tile: np.ndarray, config: TileFilterConfig) -> float:
     return float(np.count_nonzero(darkest >= config.background_luminance)) / darkest.size
 
 
-def sharpness(tile: np.ndarray) -> float:
-    """Variance of the Laplacian of the grey tile (0-255), a standard focus measure; higher is sharper."""
-    grey = np.asarray(Image.fromarray(tile).convert("L")).astype(np.int16)  # ITU-R 601 luma, (H, W)
-    # 5-point Laplacian on the interior: 4 * centre - up - down - left - right, within ±1020
-    laplacian = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+def sharpness(tile: np.ndarray | Image.Image) -> float:
+    """Variance of the Laplacian of the grey tile (0-255), a standard focus measure; higher is sharper.
+
+    ``tile`` is RGB uint8 (H, W, 3) or an RGB PIL image.
+    """
+    image = tile if isinstance(tile, Image.Image) else Image.fromarray(tile)
+    grey = np.asarray(image.convert("L")).astype(np.int16)  # ITU-R 601 luma, (H, W)
+    # 5-point Laplacian on the interior: 4 * centre - up - down - left - right, within ±1020;
+    # in-place updates avoid four temporary arrays per tile.
+    laplacian = grey[1:-1, 1:-1] * 4
+    laplacian -= grey[:-2, 1:-1]
+    laplacian -= grey[2:, 1:-1]
+    laplacian -= grey[1:-1, :-2]
+    laplacian -= grey[1:-1, 2:]
     values = laplacian.ravel().astype(np.float32)
     mean = values.mean()
     return float(np.dot(values, values) / values.size - mean * mean)  # variance; a dot product is faster than var()
