@@ -72,8 +72,13 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                        help="JPEG quality of stored tiles, 1-100 (default: %(default)s)")
     store.add_argument("--workers", type=int, default=run.workers,
                        help="slides processed in parallel, one process each (default: %(default)s)")
+    store.add_argument("--tile-threads", type=int, default=run.tile_threads,
+                       help="threads per slide that read, filter and encode tiles (default: %(default)s)")
     store.add_argument("--keep-unlisted", action="store_true",
                        help="also tile slides that have no CSV row (their class is missing)")
+    store.add_argument("--retry-skipped", action="store_true",
+                       help="process slides that an earlier run into --out skipped, even when neither the slide "
+                            "file nor the settings changed (changed ones are always tried again)")
     store.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -86,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
         filters=TileFilterConfig(max_background_fraction=args.max_background, min_sharpness=args.min_sharpness),
         jpeg_quality=args.jpeg_quality,
         workers=args.workers,
+        tile_threads=args.tile_threads,
         default_mpp=args.mpp,
         keep_unlisted=args.keep_unlisted,
     )
@@ -111,6 +117,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             on_plan=on_plan, on_result=on_result,
             slide_column=args.slide_column, class_column=args.class_column,
             site_column=args.site_column, mpp_column=args.mpp_column,
+            retry_skipped=args.retry_skipped,
         )
     except (ConfigError, MetadataError, DatasetError) as err:
         logger.error("%s", err)

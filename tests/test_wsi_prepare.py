@@ -262,3 +262,68 @@ def test_prepare_parallel_survives_worker_crash(tmp_path, monkeypatch):
     report = prepare_slides([folder], csv, tmp_path / "s", PrepareConfig(workers=2, default_mpp=0.5))
     assert "worker process crashed" in _by_id(report)[FROZEN.stem].reason
     assert _by_id(report)["CMU-1-Small-Region"].num_patches == CMU_PATCHES
+
+
+def test_prepare_threads_write_same_store(tmp_path):
+    folder = _slides(tmp_path, CMU)
+    csv = _csv(tmp_path, "slide_id,class\nCMU-1-Small-Region,skin\n")
+    prepare_slides([folder], csv, tmp_path / "one", _config(tile_threads=1))
+    prepare_slides([folder], csv, tmp_path / "three", _config(tile_threads=3))
+    for name in ("CMU-1-Small-Region.shard", "CMU-1-Small-Region.patches.csv"):
+        one = (tmp_path / "one" / "slides" / name).read_bytes()
+        assert one == (tmp_path / "three" / "slides" / name).read_bytes(), name
+
+
+def test_store_numeric_metadata_is_number(tmp_path):
+    folder = _slides(tmp_path, CMU)
+    csv = _csv(tmp_path, "slide_id,class,site,age_at_index\nCMU-1-Small-Region,skin,01,61\n")
+    prepare_slides([folder], csv, tmp_path / "s", _config())
+    metadata = open_patch_source(tmp_path / "s", image_size=32).metadata(0)
+    assert metadata["age_at_index"] == 61
+    assert isinstance(metadata["age_at_index"], int)
+    assert metadata["site"] == "01"  # site codes stay text
+
+
+def test_skipped_slide_not_retried(tmp_path, monkeypatch):
+    folder = _slides(tmp_path, CMU, NDPI)
+    csv = _csv(tmp_path, f"slide_id,class\nCMU-1-Small-Region,skin\n{NDPI.stem},x\n")
+    prepare_slides([folder], csv, tmp_path / "s", _config())
+    opened: list[str] = []
+    monkeypatch.setattr("medi_core.wsi.prepare.process_slide", lambda job, out, config: opened.append(job.slide_id))
+    report = prepare_slides([folder], csv, tmp_path / "s", _config())
+    assert opened == []
+    assert _by_id(report)[NDPI.stem].status == "already skipped"
+    assert "not a brightfield scan" in _by_id(report)[NDPI.stem].reason
+    assert "--retry-skipped tries it again" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_skipped_slide_retried_on_request(tmp_path):
+    folder = _slides(tmp_path, NDPI)
+    csv = _csv(tmp_path, f"slide_id,class\n{NDPI.stem},x\n")
+    prepare_slides([folder], csv, tmp_path / "s", _config())
+    report = prepare_slides([folder], csv, tmp_path / "s", _config(), retry_skipped=True)
+    assert _by_id(report)[NDPI.stem].status == "skipped"  # processed again, skipped again
+
+
+def test_skipped_slide_retried_after_settings_change(tmp_path):
+    folder = _slides(tmp_path, FROZEN)
+    csv = _csv(tmp_path, f"slide_id,class\n{FROZEN.stem},HNSC\n")
+    first = prepare_slides([folder], csv, tmp_path / "s", _config())
+    assert _by_id(first)[FROZEN.stem].status == "skipped"  # no resolution metadata
+    second = prepare_slides([folder], csv, tmp_path / "s", _config(default_mpp=0.5))
+    assert _by_id(second)[FROZEN.stem].status == "done"
+    assert not (tmp_path / "s" / "skipped" / f"{FROZEN.stem}.json").exists()
+
+
+def test_synthetic_he_slide_tiles_look_like_he(tmp_path):
+    textures = sorted((WSI.parent / "patches" / "brca-m2c" / "images").glob("*.png"))[:4]
+    if not textures:
+        pytest.skip("BRCA-M2C patches not found")
+    slide = write_synthetic_slide(tmp_path / "he.svs", width=2048, height=2048, mpp=0.5, texture_images=textures)
+    csv = _csv(tmp_path, "slide_id,class\nhe,x\n")
+    report = prepare_slides([slide], csv, tmp_path / "s", _config())
+    assert report.num_patches > 0  # pale crops (fat, lumen) may fail the tissue mask, so no exact count
+    pixels = np.asarray(open_patch_source(tmp_path / "s", image_size=256).load_image(0), dtype=np.float32)
+    red, green, blue = pixels.reshape(-1, 3).mean(axis=0)
+    assert green < red  # eosin and haematoxylin absorb green most
+    assert green < blue

@@ -11,7 +11,7 @@ from typing import Literal
 import pandas as pd
 
 from medi_core.data.dataset import PATH_COLUMN, SLIDE_FIELD, PatchDataset
-from medi_core.data.tables import read_metadata_csv, site_from_slide_id
+from medi_core.data.tables import numbers_if_numeric, read_metadata_csv, site_from_slide_id
 from medi_core.errors import DatasetError
 from medi_core.metadata import CLASS_FIELD, SITE_FIELD
 from medi_core.wsi.store import STORE_MANIFEST, read_store_records
@@ -43,17 +43,6 @@ def _pick_column(table: pd.DataFrame, explicit: str | None, candidates: Sequence
             raise DatasetError(f"{csv} has no {role} column {explicit!r}; its columns are {list(table.columns)}")
         return explicit
     return next((c for c in candidates if c in table.columns), None)
-
-
-def _as_numbers_if_numeric(values: pd.Series) -> pd.Series:
-    """Return the column as numbers when every present value parses as one (age, counts)."""
-    present = values.dropna()
-    if present.empty:
-        return values
-    numbers = pd.to_numeric(present, errors="coerce")
-    if numbers.isna().any():
-        return values
-    return pd.to_numeric(values)
 
 
 def _records_from_table(
@@ -102,7 +91,7 @@ def _records_from_table(
 
     for column in records.columns:
         if column not in (PATH_COLUMN, CLASS_FIELD, SITE_FIELD, SLIDE_FIELD):
-            records[column] = _as_numbers_if_numeric(records[column])
+            records[column] = numbers_if_numeric(records[column])
 
     if records[PATH_COLUMN].isna().any():
         rows = [int(i) + 2 for i in records.index[records[PATH_COLUMN].isna()][:5]]  # +2: header, 1-based

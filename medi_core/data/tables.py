@@ -54,6 +54,17 @@ def read_metadata_csv(
     return table
 
 
+def numbers_if_numeric(values: pd.Series) -> pd.Series:
+    """Return the column as numbers when every present value parses as one (age, counts), else unchanged."""
+    present = values.dropna()
+    if present.empty:
+        return values
+    numbers = pd.to_numeric(present, errors="coerce")
+    if numbers.isna().any():
+        return values
+    return pd.to_numeric(values)
+
+
 def site_from_slide_id(slide_id: object) -> str | None:
     """Return the TCGA tissue source site of a slide id, or None if it is not a TCGA barcode."""
     if is_missing(slide_id):
@@ -64,4 +75,4 @@ def site_from_slide_id(slide_id: object) -> str | None:
         return None
 
 
-__all__ = ["read_metadata_csv", "site_from_slide_id"]
+__all__ = ["numbers_if_numeric", "read_metadata_csv", "site_from_slide_id"]

@@ -1,7 +1,9 @@
 """A `prepare` run: join slides with metadata, tile them in parallel into a patch store, report.
 
 Resumable: slides whose record is already in the store are listed as
-"already done" and not read again. Slides run in worker processes. A worker
+"already done" and not read again. Slides that an earlier run skipped are
+listed as "already skipped" with the recorded reason, unless their file or
+the settings changed or ``retry_skipped`` is set. Slides run in worker processes. A worker
 that dies (for example a crash inside a codec) costs only its slide, because
 that slide is retried alone and reported as skipped if it fails again.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 from medi_core.wsi.config import PrepareConfig
 from medi_core.wsi.process import SlideResult, process_slide
 from medi_core.wsi.report import RunReport
+from medi_core.wsi.skips import matching_skip_record, write_skip_record
 from medi_core.wsi.slide_table import JoinResult, SlideJob, find_slide_files, join_slides
 from medi_core.wsi.store import SLIDES_DIR, StoreSettings, open_store_for_writing, slide_key
 
@@ -47,6 +50,13 @@ def _finished_result(out: Path, job: SlideJob) -> SlideResult | None:
         rejected_background=int(record.get("rejected_background", 0)),
         rejected_blur=int(record.get("rejected_blur", 0)),
     )
+
+
+def _earlier_skip(out: Path, job: SlideJob, config: PrepareConfig) -> SlideResult | None:
+    record = matching_skip_record(out, job, config)
+    if record is None:
+        return None
+    return SlideResult(job.slide_id, str(job.path), "already skipped", reason=record["reason"], metadata=dict(job.metadata))
 
 
 def _run_pool(
@@ -94,6 +104,7 @@ def process_jobs(
                 job.slide_id, str(job.path), "skipped", metadata=dict(job.metadata),
                 reason=f"slide {job.slide_id}: the worker process crashed while reading it (corrupt file?)",
             )
+            write_skip_record(out, job, config, result.reason)
             results.append(result)
             on_result(result)
     return results
@@ -111,11 +122,14 @@ def prepare_slides(
     class_column: str = "class",
     site_column: str = "site",
     mpp_column: str = "mpp",
+    retry_skipped: bool = False,
 ) -> RunReport:
     """Tile ``slides`` (files or folders) into the patch store ``out`` and write its report.
 
     ``on_plan`` receives the number of slides to process, ``on_result`` each
     slide's result as it finishes (the CLI drives its progress bar with them).
+    ``retry_skipped`` processes slides that an earlier run skipped even when
+    neither their file nor the settings changed.
     Raises `MetadataError` for an unreadable metadata CSV and `ConfigError` for
     invalid settings; per-slide problems are reported, never raised.
     """
@@ -135,12 +149,18 @@ def prepare_slides(
     results: list[SlideResult] = []
     pending: list[SlideJob] = []
     for job in join.jobs:
-        finished = _finished_result(out, job)
-        if finished is None:
+        earlier = _finished_result(out, job)
+        if earlier is None and not retry_skipped:
+            earlier = _earlier_skip(out, job, config)
+        if earlier is None:
             pending.append(job)
         else:
-            results.append(finished)
-    logger.info("prepare: %d slide(s) to process, %d already done, into %s", len(pending), len(results), out)
+            results.append(earlier)
+    skipped_before = sum(r.status == "already skipped" for r in results)
+    logger.info(
+        "prepare: %d slide(s) to process, %d already done, %d skipped by an earlier run, into %s",
+        len(pending), len(results) - skipped_before, skipped_before, out,
+    )
     if on_plan is not None:
         on_plan(len(pending))
     results += process_jobs(pending, out, config, on_result or (lambda result: None))

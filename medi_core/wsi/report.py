@@ -33,7 +33,7 @@ class RunReport:
 
     @property
     def skipped(self) -> list[SlideResult]:
-        return [s for s in self.slides if s.status == "skipped"]
+        return [s for s in self.slides if s.status in ("skipped", "already skipped")]
 
     @property
     def num_patches(self) -> int:
@@ -86,7 +86,7 @@ class RunReport:
             )
 
         lines += ["", "## Slides skipped", ""]
-        lines += [f"- `{s.path}`: {s.reason}" for s in self.skipped] or ["none"]
+        lines += [f"- `{s.path}`: {s.reason}{_earlier_note(s)}" for s in self.skipped] or ["none"]
         lines += ["", "## Patches per class", ""] + _count_lines(self.counts_by(CLASS_FIELD))
         lines += ["", "## Patches per site", ""] + _count_lines(self.counts_by(SITE_FIELD))
 
@@ -100,6 +100,12 @@ class RunReport:
         if self.extra_notes:
             lines += ["", "## Notes", ""] + [f"- {note}" for note in self.extra_notes]
         return "\n".join(lines) + "\n"
+
+
+def _earlier_note(slide: SlideResult) -> str:
+    if slide.status != "already skipped":
+        return ""
+    return " (recorded by an earlier run and not read again; --retry-skipped tries it again)"
 
 
 def _count_lines(counts: dict[str, int]) -> list[str]:
