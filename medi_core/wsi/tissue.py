@@ -135,6 +135,8 @@ def _drop_small_components(mask: np.ndarray, max_px: int) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     keep = sizes > max_px
     keep[0] = False  # label 0 is the unselected area
+    if keep[1:].all():
+        return mask  # nothing to drop; skips a gather over the whole image
     return keep[labels]
 
 
