@@ -9,10 +9,12 @@ machine load affects both alike.
 
 Run::
 
-    python benchmarks/bench_core.py --preset tiny --train-steps 6 --sample-steps 10
-    python benchmarks/bench_core.py --preset medi-paper --batch 4 --train-steps 2 --sample-steps 3
+    python benchmarks/bench_core.py --preset tiny
+    python benchmarks/bench_core.py --preset medi-paper --batch 4 --train-steps 3 --sample-steps 3 --sample-repeats 2
+    python benchmarks/bench_core.py --sampler RUN_DIR/sampler   # DPM-Solver++ 20 vs DDIM 100, pixel difference
 
-Every case runs in its own subprocess so that peak memory (max RSS) is its own.
+Timing alternates the two implementations call by call in one process and
+compares medians; peak memory (max RSS) comes from one subprocess per case.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +40,7 @@ from medi_core.training import Trainer
 from medi_core.diffusion import GaussianDiffusion
 
 N_CLASSES, N_SITES = 4, 6
+IMPLS = ("reference", "medi")
 SPEC = MetadataSpec(
     (
         CategoricalField("class", tuple(f"c{i}" for i in range(N_CLASSES))),
@@ -77,8 +81,8 @@ def _batch(preset: str, batch: int):
     return x, classes, sites
 
 
-def run_train(impl: str, preset: str, batch: int, steps: int) -> float:
-    """Training images per second over ``steps`` steps after one warm-up step."""
+def make_train_step(impl: str, preset: str, batch: int):
+    """A closure doing one optimiser step of ``impl`` ("reference" or "medi") on a fixed batch."""
     torch.manual_seed(0)
     x, classes, sites = _batch(preset, batch)
     if impl == "reference":
@@ -97,71 +101,81 @@ def run_train(impl: str, preset: str, batch: int, steps: int) -> float:
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             ema.step(model.parameters())
-    else:
-        model = build_model(model_preset(preset), SPEC)
-        trainer = Trainer(model, GaussianDiffusion(DiffusionConfig()), TrainConfig(total_steps=steps + 1), device="cpu")
-        cond = SPEC.encode([{"class": f"c{c}", "site": f"s{s}"} for c, s in zip(classes.tolist(), sites.tolist(), strict=True)])
 
-        def forever():
-            while True:
-                yield x, cond
+        return step
+    model = build_model(model_preset(preset), SPEC)
+    trainer = Trainer(model, GaussianDiffusion(DiffusionConfig()), TrainConfig(total_steps=10_000), device="cpu")
+    cond = SPEC.encode([{"class": f"c{c}", "site": f"s{s}"} for c, s in zip(classes.tolist(), sites.tolist(), strict=True)])
 
-        batches = forever()
+    def forever():
+        while True:
+            yield x, cond
 
-        def step():
-            trainer.train_steps(batches, 1)
-
-    step()  # warm-up: allocator, oneDNN kernel selection
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * steps / (time.perf_counter() - start)
+    batches = forever()
+    return lambda: trainer.train_steps(batches, 1)
 
 
-@torch.no_grad()
-def run_sample(impl: str, preset: str, batch: int, steps: int, scheduler: str = "ddim") -> float:
-    """Sampling images per second for ``steps`` sampler steps (DDIM unless told)."""
+def make_sample_call(impl: str, preset: str, batch: int, steps: int, scheduler: str = "ddim"):
+    """A closure generating one batch of ``batch`` images with ``steps`` sampler steps."""
     torch.manual_seed(0)
     _, classes, sites = _batch(preset, batch)
     size = model_preset(preset).sample_size
     if impl == "reference":
         model = ReferenceMeDi(preset).eval()
-        sched = DDIMScheduler(num_train_timesteps=1000)
-        start = time.perf_counter()
-        sched.set_timesteps(steps)
-        x = torch.randn(batch, 3, size, size)
-        for t in sched.timesteps:
-            eps = model(x, t.expand(batch), classes, sites)
-            x = sched.step(eps, t, x).prev_sample
-        return batch / (time.perf_counter() - start)
+
+        @torch.no_grad()
+        def call():
+            sched = DDIMScheduler(num_train_timesteps=1000)
+            sched.set_timesteps(steps)
+            x = torch.randn(batch, 3, size, size)
+            for t in sched.timesteps:
+                eps = model(x, t.expand(batch), classes, sites)
+                x = sched.step(eps, t, x).prev_sample
+            return x
+
+        return call
     model = build_model(model_preset(preset), SPEC).eval()
     conditions = [{"class": f"c{c}", "site": f"s{s}"} for c, s in zip(classes.tolist(), sites.tolist(), strict=True)]
-    start = time.perf_counter()
-    generate(
+    return lambda: generate(
         model, conditions, list(range(batch)), diffusion_config=DiffusionConfig(),
         scheduler=scheduler, num_steps=steps, batch_size=batch, progress=False,
     )
-    return batch / (time.perf_counter() - start)
 
 
-def child(args: argparse.Namespace) -> None:
+def alternate(calls: dict[str, object], repeats: int) -> dict[str, float]:
+    """Median seconds per call, running the implementations in turn so load hits both alike."""
+    for call in calls.values():
+        call()  # warm-up: allocator, oneDNN kernel selection
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    for _ in range(repeats):
+        order.reverse()  # neither implementation always runs right after the other
+        for name in order:
+            call = calls[name]
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_memory_child(args: argparse.Namespace) -> None:
+    """Run one implementation alone for two calls and print its peak resident memory."""
     if args.mode == "train":
-        value = run_train(args.impl, args.preset, args.batch, args.train_steps)
+        call = make_train_step(args.impl, args.preset, args.batch)
     else:
-        value = run_sample(args.impl, args.preset, args.batch, args.sample_steps, args.scheduler)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    params = sum(p.numel() for p in build_model(model_preset(args.preset), SPEC).parameters())
-    print(json.dumps({"images_per_s": value, "peak_rss_mib": peak_mib, "parameters": params}))
+        call = make_sample_call(args.impl, args.preset, args.batch, args.sample_steps)
+    call()
+    call()
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def spawn(args: argparse.Namespace, mode: str, impl: str, scheduler: str = "ddim", steps: int | None = None) -> dict:
+def peak_memory(args: argparse.Namespace, mode: str, impl: str) -> float:
     cmd = [
         sys.executable, __file__, "--child", "--mode", mode, "--impl", impl, "--preset", args.preset,
-        "--batch", str(args.batch), "--train-steps", str(args.train_steps),
-        "--sample-steps", str(steps or args.sample_steps), "--scheduler", scheduler,
+        "--batch", str(args.batch), "--sample-steps", str(args.sample_steps),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
 
 def compare_solvers(sampler_dir: str, n: int) -> None:
@@ -192,42 +206,53 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--train-steps", type=int, default=6)
-    p.add_argument("--sample-steps", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=2, help="alternating repeats per case; the best is kept")
+    p.add_argument("--train-steps", type=int, default=8, help="timed training steps per implementation")
+    p.add_argument("--sample-steps", type=int, default=10, help="sampler steps per timed batch")
+    p.add_argument("--sample-repeats", type=int, default=4, help="timed sampling batches per implementation")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--sampler", help="a trained sampler folder: only compare DPM-Solver++ 20 vs DDIM 100 on it")
     p.add_argument("--n", type=int, default=16, help="images for the solver comparison")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="train", help=argparse.SUPPRESS)
     p.add_argument("--impl", default="medi", help=argparse.SUPPRESS)
-    p.add_argument("--scheduler", default="ddim", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.sampler:
         compare_solvers(args.sampler, args.n)
         return
     if args.child:
-        torch.set_num_threads(torch.get_num_threads())
-        child(args)
+        peak_memory_child(args)
         return
-    print(f"preset={args.preset} batch={args.batch} threads={torch.get_num_threads()}")
-    for mode in ("train", "sample"):
-        best = {"reference": None, "medi": None}
-        for _ in range(args.repeats):
-            for impl in ("reference", "medi"):
-                r = spawn(args, mode, impl)
-                if best[impl] is None or r["images_per_s"] > best[impl]["images_per_s"]:
-                    best[impl] = r
-        ratio = best["medi"]["images_per_s"] / best["reference"]["images_per_s"]
-        print(
-            f"{mode:6s} reference {best['reference']['images_per_s']:.3f} img/s "
-            f"(peak {best['reference']['peak_rss_mib']:.0f} MiB) | medi {best['medi']['images_per_s']:.3f} img/s "
-            f"(peak {best['medi']['peak_rss_mib']:.0f} MiB) | ratio {ratio:.2f} | params {best['medi']['parameters']:,}"
+    params = build_model(model_preset(args.preset), SPEC).num_parameters()
+    print(f"preset={args.preset} parameters={params:,} batch={args.batch} threads={torch.get_num_threads()}")
+
+    train = alternate({impl: make_train_step(impl, args.preset, args.batch) for impl in IMPLS}, args.train_steps)
+    sample = alternate(
+        {impl: make_sample_call(impl, args.preset, args.batch, args.sample_steps) for impl in IMPLS},
+        args.sample_repeats,
+    )
+    for mode, seconds, unit in (("train", train, 1), ("sample", sample, 1)):
+        ips = {impl: args.batch * unit / seconds[impl] for impl in IMPLS}
+        memory = "" if args.no_memory else " | peak MiB " + ", ".join(
+            f"{impl} {peak_memory(args, mode, impl):.0f}" for impl in IMPLS
         )
-    ddim = spawn(args, "sample", "medi", "ddim", 100 if args.preset == "tiny" else args.sample_steps * 5)
-    dpm = spawn(args, "sample", "medi", "dpmsolver++", 20 if args.preset == "tiny" else args.sample_steps)
-    print(f"DPM-Solver++ ({'20' if args.preset == 'tiny' else args.sample_steps} steps) vs DDIM "
-          f"({'100' if args.preset == 'tiny' else args.sample_steps * 5} steps): time ratio "
-          f"{ddim['images_per_s'] / dpm['images_per_s']:.2f}x faster")
+        print(
+            f"{mode:6s} img/s reference {ips['reference']:.3f}, medi {ips['medi']:.3f} | "
+            f"ratio medi/reference {ips['medi'] / ips['reference']:.2f}{memory}"
+        )
+
+    ddim_steps, dpm_steps = 100, 20
+    solvers = alternate(
+        {
+            "ddim": make_sample_call("medi", args.preset, args.batch, ddim_steps, "ddim"),
+            "dpmsolver++": make_sample_call("medi", args.preset, args.batch, dpm_steps, "dpmsolver++"),
+        },
+        1,
+    )
+    print(
+        f"solvers: DDIM {ddim_steps} steps {solvers['ddim']:.1f} s, DPM-Solver++ {dpm_steps} steps "
+        f"{solvers['dpmsolver++']:.1f} s per batch of {args.batch}: DPM-Solver++ is "
+        f"{solvers['ddim'] / solvers['dpmsolver++']:.2f}x faster"
+    )
 
 
 if __name__ == "__main__":
