@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--conditions", type=Path, help="CSV of conditions, one row each (columns: fields, optional n, seed)")
     p.add_argument("--n", type=int, default=8, help="images per condition (default: 8)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the sampler's own, usually 100)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the number stored in the sampler folder)")
     p.add_argument("--scheduler", choices=["ddim", "dpmsolver++"], default=None, help="default: the sampler's own")
     p.add_argument(
         "--guidance", type=float, default=0.0,
@@ -107,7 +107,11 @@ def run(args: argparse.Namespace) -> Path:
     spec = sampler.spec
     # Unknown values must be an error here, never silently mapped to "unknown".
     strict = MetadataSpec(spec.categorical, spec.continuous, on_unknown="reject", class_field=spec.class_field)
-    triples = conditions_from_args(args, strict)
+    try:
+        triples = conditions_from_args(args, strict)
+    except MetadataError as err:
+        # Held-out sites are a common cause: the sampler only knows the sites it was trained on.
+        raise MetadataError(f"{err} (the sampler in {args.sampler} knows only the values it was trained on; see its README.md)") from err
     rows, all_conditions, all_seeds = [], [], []
     for condition, n, seed in triples:
         all_conditions += [condition] * n
@@ -130,7 +134,7 @@ def run(args: argparse.Namespace) -> Path:
         save_png(contact_sheet(block, title=label), args.out / f"contact_{label}.png")
         start += n
     pd.DataFrame(rows).to_csv(args.out / "manifest.csv", index=False)
-    logger.info("wrote %d images for %d conditions to %s", len(images), len(triples), args.out)
+    logger.info("wrote %d images for %d condition(s) to %s", len(images), len(triples), args.out)
     return args.out
 
 

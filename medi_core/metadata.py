@@ -90,8 +90,7 @@ class CategoricalField:
             return 0
         raise MetadataError(
             f"field {self.name!r}: value {text!r} is not in the vocabulary; "
-            f"valid values are {list(self.known_values)} "
-            f"(set on_unknown='map' to map unseen values to {UNKNOWN!r})"
+            f"valid values are {list(self.known_values)}"
         )
 
 
