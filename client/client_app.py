@@ -2,8 +2,9 @@
 
 Each handler unpacks the message, calls a plain module (`medi_client.site`,
 `medi_client.local_training`, `medi_client.synthesis`) and packs the reply.
-Replies carry counts, metrics and weight deltas only; `medi_client.audit`
-can log every one of them at the site.
+Replies carry counts, metrics, weight deltas and the summary statistics of
+the memorisation check only; `medi_client.audit` can log every one of them
+at the site.
 """
 
 from __future__ import annotations
@@ -86,13 +87,15 @@ def train(message: Message, context: Context) -> Message:
 
 @app.query(P.SYNTHESIZE_ACTION)
 def synthesize(message: Message, context: Context) -> Message:
-    """Save the global sampler, generate this site's quota locally, reply with counts."""
+    """Save the global sampler, generate this site's quota locally, reply with counts and the memorisation summary."""
     _setup_logging()
     site = SiteConfig.from_context(context)
     config = dict(message.content.config_records[P.CONFIG])
-    written, counts = synthesize_quota(site, _arrays(message), config)
-    content = RecordDict({
-        P.METRICS: MetricRecord({P.SYNTHETIC_WRITTEN: written}),
-        P.SUMMARY: ConfigRecord({P.SUMMARY_JSON: json.dumps(counts, sort_keys=True), P.SITE_ID: site.site_id}),
+    result = synthesize_quota(site, _arrays(message), config)
+    summary_record = ConfigRecord({
+        P.SUMMARY_JSON: json.dumps(result.counts, sort_keys=True),
+        P.SITE_ID: site.site_id,
+        P.MEMORISATION_JSON: json.dumps(result.memorisation, sort_keys=True),
     })
+    content = RecordDict({P.METRICS: MetricRecord({P.SYNTHETIC_WRITTEN: result.written}), P.SUMMARY: summary_record})
     return Message(content, reply_to=message)

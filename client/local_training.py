@@ -1,9 +1,10 @@
 """One round of local training at a site: global weights in, weight delta and metrics out.
 
 The site builds the model from the round's configs straight from the
-received weights, runs ``local-steps`` optimiser steps of the core `Trainer` on its own
-patches (with the FedProx term when the server sends ``proximal-mu``), and returns
-``w_local - w_received``. AdamW moments, the learning-rate schedule position
+received weights and runs ``local-steps`` optimiser steps of the core
+`Trainer` on its training patches, which exclude the held-out patches of
+`medi_client.memorisation`. The loss has the FedProx term when the server
+sends ``proximal-mu``. The reply is ``w_local - w_received``. AdamW moments, the learning-rate schedule position
 and the random generator persist on the site's disk between rounds
 (``output-dir/state/<run-name>/trainer.pt``), so local training continues
 one schedule across rounds and across a restart of the SuperNode.
@@ -32,7 +33,8 @@ from medi_core.metadata import MetadataSpec
 from medi_core.model import MediUNet, build_model
 from medi_core.privacy import PrivacyConfig, make_private
 from medi_core.training import Trainer, TrainResult
-from medi_client.site import SiteConfig, open_site_data
+from medi_client.memorisation import open_site_split
+from medi_client.site import SiteConfig
 from medi_client.site_privacy import site_privacy, warn_if_plan_exceeds_max
 
 logger = logging.getLogger(__name__)
@@ -151,7 +153,7 @@ def train_round(
     run_name = str(config[P.RUN_NAME])
     privacy = site_privacy(site, config, server_round=server_round)
 
-    dataset = open_site_data(site, image_size=model_config.sample_size)
+    dataset, _ = open_site_split(site, config, image_size=model_config.sample_size)  # held-out patches never train
     model = model_from_weights(model_config, spec, global_weights, site=site.site_id)
     trainer = Trainer(model, GaussianDiffusion(diffusion_config), train_config, device=site.torch_device())
     state_path = site.state_dir(run_name) / TRAINER_STATE

@@ -7,7 +7,8 @@ Output, under ``output-dir``:
 - ``synthetic/<run-name>/manifest.csv``: ``path, class, site, seed, synthetic``,
   readable by `medi_core.data.open_patch_source` as a manifest source
 
-Only the counts per (site, class) go back to the server.
+Only the counts per (site, class) and the summary of the memorisation check
+(`medi_client.memorisation`) go back to the server.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import logging
 import re
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from medi_core import protocol as P
 from medi_core.artifact import MediSampler
@@ -29,7 +32,8 @@ from medi_core.metadata import SITE_FIELD
 from medi_core.sampling import to_uint8_images
 from medi_core.site_summary import exact_class_counts
 from medi_client.local_training import configs_from_round, model_from_weights
-from medi_client.site import SiteConfig, open_site_data
+from medi_client.memorisation import open_site_split, site_memorisation_summary
+from medi_client.site import SiteConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +45,21 @@ def _folder_name(value: str) -> str:
     return SAFE_NAME.sub("_", value) or "_"
 
 
+@dataclass
+class SiteSynthesis:
+    """Result of synthesis at a site: counts and the memorisation summary, all that the site reports."""
+
+    written: int  # synthetic patches written in total
+    counts: dict[str, dict[str, int]]  # {site value: {class: patches written}}
+    memorisation: dict[str, Any]  # `medi_client.memorisation.site_memorisation_summary`
+
+
 def synthesize_quota(
     site: SiteConfig,
     ema_weights: Mapping[str, np.ndarray],
     config: Mapping[str, Any],
-) -> tuple[int, dict[str, dict[str, int]]]:
-    """Generate this site's planned patches; return (total written, {site value: {class: n}})."""
+) -> SiteSynthesis:
+    """Generate this site's planned patches, write them with a manifest, and check them for memorisation."""
     model_config, diffusion_config, spec = configs_from_round(config)
     run_name = str(config[P.RUN_NAME])
     quota: dict[str, dict[str, int]] = json.loads(str(config[P.QUOTA]))
@@ -58,7 +71,9 @@ def synthesize_quota(
     sampler = MediSampler(model, diffusion_config, card, default_steps=int(config[P.SAMPLE_STEPS]))
     sampler.save_pretrained(site.output_dir / "sampler" / run_name)
 
-    records = open_site_data(site, image_size=model_config.sample_size).records
+    train, holdout = open_site_split(site, config, image_size=model_config.sample_size)
+    # Quotas count every real patch of the site, held-out ones included.
+    records = pd.concat([train.records, holdout.records]) if holdout is not None else train.records
     conditions, seeds, cells = [], [], []
     base_seed = int(config.get(P.SAMPLE_SEED, 0))
     written: dict[str, dict[str, int]] = {}
@@ -75,7 +90,7 @@ def synthesize_quota(
     out = site.output_dir / "synthetic" / run_name
     if not conditions:
         logger.info("site %s: nothing to synthesise for quota %s", site.site_id, quota)
-        return 0, written
+        return SiteSynthesis(0, written, site_memorisation_summary(train, holdout, None, site=site.site_id))
     images = sampler.generate(
         conditions, seeds, guidance_scale=float(config.get(P.GUIDANCE_SCALE, 0.0)),
         batch_size=int(config.get(P.SAMPLE_BATCH_SIZE, 16)), progress=False,
@@ -91,4 +106,4 @@ def synthesize_quota(
         writer.writeheader()
         writer.writerows(rows)
     logger.info("site %s: wrote %d synthetic patches to %s", site.site_id, len(rows), out)
-    return len(rows), written
+    return SiteSynthesis(len(rows), written, site_memorisation_summary(train, holdout, images, site=site.site_id))

@@ -9,7 +9,7 @@ Flow of one run (who sends what):
 |---|---|---|---|
 | handshake | ``query.summary`` | ``CONFIG`` (k, fields) | ``SUMMARY`` (k-anonymised counts) |
 | round | ``train`` | ``ARRAYS`` (global weights), ``CONFIG`` | ``ARRAYS`` (weight delta), ``METRICS`` |
-| synthesis | ``query.synthesize`` | ``ARRAYS`` (EMA weights), ``CONFIG`` (quota) | ``METRICS``, ``SUMMARY`` (counts) |
+| synthesis | ``query.synthesize`` | ``ARRAYS`` (EMA weights), ``CONFIG`` (quota) | ``METRICS``, ``SUMMARY`` (counts, memorisation check) |
 
 A site that declines a request (privacy budget spent, k below its floor)
 replies with a Flower error whose code is ``DECLINED_ERROR_CODE``.
@@ -51,6 +51,8 @@ SAMPLE_SEED: Final = "sample-seed"
 SAMPLE_BATCH_SIZE: Final = "sample-batch-size"
 SAMPLER_CARD: Final = "sampler-card"  # JSON model card of the global sampler
 MAX_SYNTHETIC_PER_CELL: Final = "max-synthetic-per-cell"  # 0: no cap
+HOLDOUT_FRACTION: Final = "holdout-fraction"  # share of a site's patches kept out of training
+HOLDOUT_SEED: Final = "holdout-seed"  # seeds which patches are held out; the same in every round of a run
 # DP-SGD settings the server proposes; each site caps them by its own max-epsilon.
 # The run-config keys of medi_server.settings.FederationSettings have the same names.
 DP_TARGET_EPSILON: Final = "dp-target-epsilon"  # 0: the site's own max-epsilon
@@ -77,10 +79,12 @@ DECLINED_ERROR_CODE: Final = 1001
 # -- keys of the SUMMARY record ----------------------------------------------
 SUMMARY_JSON: Final = "json"
 SITE_ID: Final = "site-id"
+MEMORISATION_JSON: Final = "memorisation"  # synthesis reply: memorisation check summary (counts, distances)
 
 # -- node config keys (set per site with `flower-supernode --node-config`) ---
 NODE_DATA_PATH: Final = "data-path"
 NODE_SITE_ID: Final = "site-id"
+MEMORISATION_JSON: Final = "memorisation"  # synthesis reply: memorisation check summary (counts, distances)
 NODE_OUTPUT_DIR: Final = "output-dir"
 NODE_MAX_EPSILON: Final = "max-epsilon"  # 0 or absent: no DP
 NODE_PRIVACY_STATE_DIR: Final = "privacy-state-dir"

@@ -12,7 +12,9 @@ Steps:
    write a checkpoint, metrics and every ``grid-every`` rounds a sample grid.
 3. The global sampler (EMA weights) goes to ``RUN_DIR/sampler``.
 4. Synthesis: each site gets the sampler and its quota, generates locally,
-   and reports counts (`medi_server.synthesis`).
+   and reports counts and its memorisation check (`medi_server.synthesis`),
+   which go into ``RUN_DIR/report.json``, ``RUN_DIR/memorisation.csv`` and
+   the sampler's model card.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ from medi_server.aggregation import GlobalEMA, screen_replies, to_numpy, to_reco
 from medi_server.handshake import SiteInfo, admit_late_site, build_spec, request_summaries
 from medi_server.metrics import MetricsLog
 from medi_server.run_logging import attach_run_log
-from medi_server.sampler_output import write_sample_grid, write_sampler
+from medi_server.sampler_output import update_card, write_sample_grid, write_sampler
 from medi_server.settings import FederationSettings
 from medi_server.strategy import build_strategy, load_strategy_state, strategy_state
-from medi_server.synthesis import request_synthesis
+from medi_server.synthesis import memorisation_card, memorisation_rows, request_synthesis, write_memorisation_table
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +185,8 @@ class Federation:
             P.LOCAL_STEPS: s.local_steps,
             P.TRANSFER_PRECISION: s.transfer_precision,
             P.RUN_NAME: s.run_name,
+            P.HOLDOUT_FRACTION: s.holdout_fraction,
+            P.HOLDOUT_SEED: s.seed,
             P.DP_TARGET_EPSILON: s.dp_target_epsilon,
             P.DP_NOISE_MULTIPLIER: s.dp_noise_multiplier,
             P.DP_MAX_GRAD_NORM: s.dp_max_grad_norm,
@@ -347,6 +351,12 @@ class Federation:
                                   "balance_plan": self.plan.to_dict()}
         if self.settings.synthesize:
             report["synthesis"] = request_synthesis(self, group_id="synthesis")
+            rows = memorisation_rows(report["synthesis"])
+            if rows:
+                write_memorisation_table(self.run_dir / "memorisation.csv", rows)
+                report["memorisation"] = {row["site"]: row for row in rows}
+                report["card"]["memorisation_per_site"] = memorisation_card(rows)
+                update_card(sampler_dir, report["card"])
         (self.run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         return report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medi_core.artifact import MediSampler
+from medi_core.artifact import CARD_NAME, CONFIG_NAME, README_NAME, MediSampler, render_model_card
 from medi_core.config import DiffusionConfig, ModelConfig
 from medi_core.imaging import labelled_grid, save_png
 from medi_core.metadata import SITE_FIELD, MetadataSpec
@@ -76,3 +77,11 @@ def write_sampler(
     model = model_from_weights(weights, model_config, spec)
     sampler = MediSampler(model, diffusion_config, card, default_steps=num_steps)
     return sampler.save_pretrained(folder)
+
+
+def update_card(folder: Path, card: Mapping[str, Any]) -> None:
+    """Rewrite the model card (``card.json`` and ``README.md``) of a saved sampler, leaving its weights alone."""
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    (folder / CARD_NAME).write_text(json.dumps(dict(card), indent=2, default=str) + "\n")
+    (folder / README_NAME).write_text(render_model_card(card, config))
+    logger.info("updated the model card of %s", folder)

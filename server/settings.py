@@ -70,6 +70,7 @@ class FederationSettings:
     balance_policy: str = "max"  # "max", "median" or "fixed"
     balance_target: int = 0  # target per cell for the "fixed" policy
     max_synthetic_per_cell: int = 0  # cap of generated patches per (site, class); 0: no cap
+    holdout_fraction: float = 0.1  # share of each site's patches kept out of training for the memorisation check; 0: no check
 
     # -- differential privacy (proposed; a site with max-epsilon 0 trains without DP) --
     dp_target_epsilon: float = 0.0  # epsilon per site over the whole run, capped at the site's max-epsilon; 0: that max
@@ -109,6 +110,7 @@ class FederationSettings:
             (self.balance_policy in BALANCE_POLICIES, "balance-policy", f"one of {list(BALANCE_POLICIES)}"),
             (self.balance_target >= 0, "balance-target", "a count >= 0"),
             (self.max_synthetic_per_cell >= 0, "max-synthetic-per-cell", "a count >= 0 (0: no cap)"),
+            (0.0 <= self.holdout_fraction < 1.0, "holdout-fraction", "a share in [0, 1) (0: no memorisation check)"),
             (self.dp_target_epsilon >= 0, "dp-target-epsilon", "an epsilon >= 0 (0: each site's max-epsilon)"),
             (self.dp_noise_multiplier >= 0, "dp-noise-multiplier", "a multiplier >= 0 (0: calibrate)"),
             (self.dp_max_grad_norm > 0, "dp-max-grad-norm", "a clipping bound > 0"),
@@ -163,7 +165,7 @@ class FederationSettings:
             ("aggregation", ["strategy", "proximal-mu", "server-lr", "server-tau", "min-clients",
                              "max-update-norm", "server-ema-decay", "transfer-precision", "round-timeout"]),
             ("handshake", ["k-anonymity", "summary-fields", "unseen-values", "balance-policy",
-                           "balance-target", "max-synthetic-per-cell"]),
+                           "balance-target", "max-synthetic-per-cell", "holdout-fraction"]),
             ("privacy", ["dp-target-epsilon", "dp-noise-multiplier", "dp-max-grad-norm",
                          "dp-noise-multiplicity", "dp-delta"]),
             ("sampling", ["synthesize", "sample-steps", "guidance-scale", "sample-batch-size", "grid-every"]),

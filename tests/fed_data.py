@@ -40,7 +40,7 @@ def write_site_manifests(out: Path, sites: Sequence[str]) -> dict[str, Path]:
 
 
 def round_config(spec, *, batch_size: int = 2, local_steps: int = 1, total_steps: int = 4, server_round: int = 1,
-                 run_name: str = "test-run") -> dict[str, Any]:
+                 run_name: str = "test-run", holdout_fraction: float = 0.1) -> dict[str, Any]:
     """A train message's config for the ``tiny`` preset, as the server sends it."""
     return {
         P.SERVER_ROUND: server_round,
@@ -50,4 +50,6 @@ def round_config(spec, *, batch_size: int = 2, local_steps: int = 1, total_steps
         P.METADATA_SPEC: spec.to_json(),
         P.LOCAL_STEPS: local_steps,
         P.RUN_NAME: run_name,
+        P.HOLDOUT_FRACTION: holdout_fraction,
+        P.HOLDOUT_SEED: 0,
     }

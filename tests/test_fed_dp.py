@@ -2,8 +2,8 @@
 
 The federated part runs the real ServerApp logic and ClientApp handlers in
 one process (`fed_inprocess.InProcessGrid`) on three BRCA-M2C sites with a
-fixed noise multiplier. Site AC's max-epsilon affords two rounds, so it
-declines the third and the run finishes with the other two sites.
+fixed noise multiplier. Site AC's max-epsilon affords one round, so it
+declines the second and the run finishes with the other two sites.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from fed_data import write_site_manifests
 from fed_inprocess import InProcessGrid
 from medi_client.client_app import app as client_app
 from medi_client.local_training import train_round
+from medi_client.memorisation import open_site_split
 from medi_client.site import SiteConfig, open_site_data
 from medi_client.site_privacy import site_privacy
 from medi_core import protocol as P
@@ -140,8 +141,8 @@ def test_settings_reject_target_and_noise_multiplier():
 DP_SITES = {11: "A7", 22: "AC", 33: "A8"}
 NOISE_MULTIPLIER = 1.0
 DP_BATCH = 2
-DP_ROUNDS = 3
-LARGE_MAX_EPSILON = 5.0  # A7 and A8 never reach it in three rounds
+DP_ROUNDS = 2
+LARGE_MAX_EPSILON = 5.0  # A7 and A8 never reach it in two rounds
 
 
 def _epsilon_after(steps: int, num_examples: int) -> float:
@@ -153,23 +154,24 @@ def _epsilon_after(steps: int, num_examples: int) -> float:
 def dp_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("dp-run")
     manifests = write_site_manifests(root / "data", list(DP_SITES.values()))
-    sizes = {}
+    settings = FederationSettings(
+        run_dir=str(root / "run"), num_server_rounds=DP_ROUNDS, local_steps=1, batch_size=DP_BATCH, min_clients=2,
+        grid_every=0, sample_steps=1, max_synthetic_per_cell=1, dp_noise_multiplier=NOISE_MULTIPLIER,
+    )
+    sizes = {}  # training patches per site: DP-SGD never sees the held-out ones
     for site in DP_SITES.values():
         config = SiteConfig.from_node_config({P.NODE_DATA_PATH: str(manifests[site]), P.NODE_SITE_ID: site,
                                               P.NODE_OUTPUT_DIR: str(root / site)})
-        sizes[site] = len(open_site_data(config, image_size=32))
-    # AC affords rounds 1 and 2 but not round 3.
+        split = {P.HOLDOUT_FRACTION: settings.holdout_fraction, P.HOLDOUT_SEED: settings.seed}
+        sizes[site] = len(open_site_split(config, split, image_size=32)[0])
+    # AC affords round 1 but not round 2.
     maxima = {"A7": LARGE_MAX_EPSILON, "A8": LARGE_MAX_EPSILON,
-              "AC": 0.5 * (_epsilon_after(2, sizes["AC"]) + _epsilon_after(3, sizes["AC"]))}
+              "AC": 0.5 * (_epsilon_after(1, sizes["AC"]) + _epsilon_after(2, sizes["AC"]))}
     nodes = {
         node: {P.NODE_DATA_PATH: str(manifests[site]), P.NODE_SITE_ID: site, P.NODE_OUTPUT_DIR: str(root / site),
                P.NODE_MAX_EPSILON: maxima[site]}
         for node, site in DP_SITES.items()
     }
-    settings = FederationSettings(
-        run_dir=str(root / "run"), num_server_rounds=DP_ROUNDS, local_steps=1, batch_size=DP_BATCH, min_clients=2,
-        grid_every=0, sample_steps=1, max_synthetic_per_cell=1, dp_noise_multiplier=NOISE_MULTIPLIER,
-    )
     grid = InProcessGrid(client_app, nodes, settings.to_run_config())
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=settings.to_run_config())
     report = run_federation(grid, context)
@@ -205,25 +207,25 @@ def test_dp_run_epsilon_below_site_max(dp_run, site):
 @pytest.mark.slow
 def test_dp_run_rounds_trained_per_site(dp_run):
     trained = {site: len(_epsilons(dp_run["rows"], site)) for site in DP_SITES.values()}
-    assert trained == {"A7": 3, "AC": 2, "A8": 3}
+    assert trained == {"A7": 2, "AC": 1, "A8": 2}
 
 
 @pytest.mark.slow
 def test_dp_run_declined_round_logged(dp_run):
     log = (dp_run["root"] / "run" / "server.log").read_text()
-    assert "round 3: site AC declined to train and is left out of this round: site AC, round 3:" in log
+    assert "round 2: site AC declined to train and is left out of this round: site AC, round 2:" in log
 
 
 @pytest.mark.slow
 def test_dp_run_declined_reason_in_metrics(dp_run):
-    row = next(r for r in dp_run["rows"] if r["site"] == "AC" and r["round"] == "3")
-    assert row["reason"].startswith("declined: site AC, round 3: training 1 more steps would raise epsilon")
+    row = next(r for r in dp_run["rows"] if r["site"] == "AC" and r["round"] == "2")
+    assert row["reason"].startswith("declined: site AC, round 2: training 1 more steps would raise epsilon")
 
 
 @pytest.mark.slow
 def test_dp_run_continues_without_declined_site(dp_run):
     rounds = [json.loads(line) for line in (dp_run["root"] / "run" / "metrics" / "rounds.jsonl").read_text().splitlines()]
-    assert [(r["accepted"], r["rejected"]) for r in rounds] == [(3, 0), (3, 0), (2, 1)]
+    assert [(r["accepted"], r["rejected"]) for r in rounds] == [(3, 0), (2, 1)]
 
 
 @pytest.mark.slow
@@ -237,7 +239,7 @@ def test_dp_run_card_lists_epsilon_per_site(dp_run):
 def test_dp_run_card_lists_epsilon_per_round(dp_run):
     card = json.loads((dp_run["root"] / "run" / "sampler" / "card.json").read_text())
     assert {site: sorted(rounds) for site, rounds in card["epsilon_per_round"].items()} == {
-        "A7": ["1", "2", "3"], "AC": ["1", "2"], "A8": ["1", "2", "3"],
+        "A7": ["1", "2"], "AC": ["1"], "A8": ["1", "2"],
     }
 
 
@@ -246,3 +248,34 @@ def test_dp_run_card_lists_delta_per_site(dp_run):
     card = json.loads((dp_run["root"] / "run" / "sampler" / "card.json").read_text())
     expected = {site: 0.1 / n for site, n in dp_run["sizes"].items()}
     assert card["delta_per_site"] == pytest.approx(expected, rel=1e-12)
+
+
+# -- the memorisation check of the same run --------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dp_run_memorisation_table_lists_sites(dp_run):
+    rows = list(csv.DictReader((dp_run["root"] / "run" / "memorisation.csv").open()))
+    assert sorted(r["site"] for r in rows) == sorted(DP_SITES.values())
+
+
+@pytest.mark.slow
+def test_dp_run_memorisation_counts_training_patches(dp_run):
+    rows = {r["site"]: r for r in csv.DictReader((dp_run["root"] / "run" / "memorisation.csv").open())}
+    assert {site: int(rows[site]["num_train"]) for site in DP_SITES.values()} == dp_run["sizes"]
+
+
+@pytest.mark.slow
+def test_dp_run_memorisation_in_report(dp_run):
+    report = json.loads((dp_run["root"] / "run" / "report.json").read_text())
+    written = {site: result["written"] for site, result in report["synthesis"].items()}
+    synthetic = {site: int(row["synthetic_count"]) for site, row in report["memorisation"].items()}
+    assert synthetic == written
+
+
+@pytest.mark.slow
+def test_dp_run_memorisation_in_model_card(dp_run):
+    sampler = dp_run["root"] / "run" / "sampler"
+    card = json.loads((sampler / "card.json").read_text())
+    assert sorted(card["memorisation_per_site"]) == sorted(DP_SITES.values())
+    assert "memorisation_per_site" in (sampler / "README.md").read_text()

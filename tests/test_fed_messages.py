@@ -161,3 +161,36 @@ def test_messages_audit_log_lists_each_reply(recorded_run):
     lines = (recorded_run["root"] / "A7" / "audit.jsonl").read_text().splitlines()
     kinds = [json.loads(line)["message_type"] for line in lines]
     assert kinds == [P.MSG_SUMMARY, P.MSG_TRAIN, P.MSG_TRAIN, P.MSG_SYNTHESIZE]
+
+
+MEMORISATION_KEYS = {"feature_space", "num_train", "synthetic", "holdout", "median_ratio", "close_fraction"}
+DISTANCE_KEYS = {"count", "minimum", "p05", "median", "mean"}
+
+
+def _memorisation_summaries(recorded_run) -> list[dict]:
+    return [
+        json.loads(message.content.config_records[P.SUMMARY][P.MEMORISATION_JSON])
+        for _, message in recorded_run["sent"]
+        if not message.has_error() and message.metadata.message_type == P.MSG_SYNTHESIZE
+    ]
+
+
+@pytest.mark.slow
+def test_messages_memorisation_sent_by_each_site(recorded_run):
+    assert len(_memorisation_summaries(recorded_run)) == len(SITES)
+
+
+@pytest.mark.slow
+def test_messages_memorisation_summary_keys_only(recorded_run):
+    for summary in _memorisation_summaries(recorded_run):
+        assert set(summary) == MEMORISATION_KEYS
+        assert set(summary["synthetic"]) == DISTANCE_KEYS
+        assert set(summary["holdout"]) == DISTANCE_KEYS
+
+
+@pytest.mark.slow
+def test_messages_memorisation_values_are_scalars(recorded_run):
+    for summary in _memorisation_summaries(recorded_run):
+        numbers = [summary["num_train"], summary["median_ratio"], summary["close_fraction"],
+                   *summary["synthetic"].values(), *summary["holdout"].values()]
+        assert all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)
