@@ -58,12 +58,16 @@ def test_server_model_from_weights_eval_mode():
     assert np.array_equal(model.state_dict()["unet.conv_in.weight"].numpy(), weights["unet.conv_in.weight"])
 
 
+def _manifest_site(tmp_path_factory, site: str) -> SiteConfig:
+    root = tmp_path_factory.mktemp(f"local-{site}")
+    manifest = write_site_manifests(root / "data", [site])[site]
+    return SiteConfig.from_node_config({P.NODE_DATA_PATH: str(manifest), P.NODE_SITE_ID: site,
+                                        P.NODE_OUTPUT_DIR: str(root / "out")})
+
+
 @pytest.fixture(scope="module")
 def site_ac(tmp_path_factory):
-    root = tmp_path_factory.mktemp("local")
-    manifest = write_site_manifests(root / "data", ["AC"])["AC"]
-    return SiteConfig.from_node_config({P.NODE_DATA_PATH: str(manifest), P.NODE_SITE_ID: "AC",
-                                        P.NODE_OUTPUT_DIR: str(root / "out")})
+    return _manifest_site(tmp_path_factory, "AC")
 
 
 def test_train_round_builds_no_ema(site_ac, monkeypatch):
@@ -144,10 +148,7 @@ def _tiny_weights(site: SiteConfig) -> tuple[MetadataSpec, dict[str, np.ndarray]
 @pytest.fixture(scope="module")
 def site_ol(tmp_path_factory):
     """Site OL: 5 patches, so one held out and one batch of 4 covers the rest."""
-    root = tmp_path_factory.mktemp("local-ol")
-    manifest = write_site_manifests(root / "data", ["OL"])["OL"]
-    return SiteConfig.from_node_config({P.NODE_DATA_PATH: str(manifest), P.NODE_SITE_ID: "OL",
-                                        P.NODE_OUTPUT_DIR: str(root / "out")})
+    return _manifest_site(tmp_path_factory, "OL")
 
 
 def test_train_round_trains_on_training_split_only(site_ol, monkeypatch):
