@@ -60,6 +60,11 @@ def summary(message: Message, context: Context) -> Message:
     site = SiteConfig.from_context(context)
     config = message.content.config_records[P.CONFIG]
     k = int(config[P.K_ANONYMITY])
+    if k < site.min_k:
+        reason = (f"site {site.site_id} rejects the summary request: k-anonymity {k} is below this site's "
+                  f"min-k {site.min_k}; set the run config key k-anonymity to at least {site.min_k}")
+        logger.warning("%s", reason)
+        return Message(Error(code=P.DECLINED_ERROR_CODE, reason=reason), reply_to=message)
     fields = [f.strip() for f in str(config[P.SUMMARY_FIELDS]).split(",") if f.strip()]
     dataset = open_site_data(site, image_size=SUMMARY_IMAGE_SIZE)
     site_summary = summarize_counts(metadata_counts(dataset, fields), fields, k=k)

@@ -13,6 +13,7 @@ into ``--node-config``); they never leave the site:
 | ``data-kind`` | source kind, default ``auto`` |
 | ``device`` | ``auto``, ``cpu`` or ``cuda`` |
 | ``audit-log`` | optional JSONL file listing every reply this site sends |
+| ``min-k`` | lowest k-anonymity the site accepts in a summary request (absent: any k; ``medi-client start``: 5) |
 
 Under Flower's simulation engine a virtual node's config holds only
 ``partition-id`` and ``num-partitions``. `SiteConfig.from_context` then reads
@@ -56,6 +57,7 @@ class SiteConfig:
     data_kind: str = "auto"
     device: str = "auto"
     audit_log: Path | None = None
+    min_k: int = 1  # summary requests with a smaller k-anonymity are rejected
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> SiteConfig:
@@ -77,6 +79,9 @@ class SiteConfig:
             raise ConfigError(f"node config {P.NODE_MAX_EPSILON}={node_config.get(P.NODE_MAX_EPSILON)!r} is not a number") from None
         if max_epsilon < 0:
             raise ConfigError(f"node config {P.NODE_MAX_EPSILON}={max_epsilon} must be >= 0 (0: no differential privacy)")
+        min_k = node_config.get(P.NODE_MIN_K, 1)
+        if isinstance(min_k, bool) or not isinstance(min_k, int) or min_k < 1:
+            raise ConfigError(f"node config {P.NODE_MIN_K}={min_k!r} is invalid; use an integer >= 1")
         privacy_dir = str(node_config.get(P.NODE_PRIVACY_STATE_DIR, "")).strip()
         audit = str(node_config.get(P.NODE_AUDIT_LOG, "")).strip()
         return cls(
@@ -88,6 +93,7 @@ class SiteConfig:
             data_kind=kind,
             device=device,
             audit_log=Path(audit).expanduser() if audit else None,
+            min_k=min_k,
         )
 
     @classmethod

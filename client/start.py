@@ -26,6 +26,7 @@ from medi_server import superlink as sl
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MIN_K = 5  # the coordinator's default k-anonymity, so a default federation runs unchanged
 DEFAULT_RUNTIME_PORT = 9094  # Flower's default SuperNode Runtime API port; each node on one host needs its own
 
 
@@ -43,6 +44,9 @@ def add_start_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=Path, required=True, help="synthetic patches, the received sampler, local state")
     parser.add_argument("--max-epsilon", type=float, default=0.0,
                         help="differential-privacy budget of this site; 0 trains without DP (default: %(default)s)")
+    parser.add_argument("--min-k", type=int, default=DEFAULT_MIN_K,
+                        help="lowest k-anonymity this site accepts: a summary request that reports counts under a "
+                             "smaller k is rejected (default: %(default)s)")
     parser.add_argument("--privacy-state-dir", type=Path, help="where the privacy accountant is kept (default: OUTPUT_DIR/privacy)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--audit-log", type=Path, help="JSONL file listing every reply this site sends")
@@ -59,6 +63,8 @@ def node_config(args: argparse.Namespace) -> dict[str, object]:
         raise ConfigError(f"--data {data} not found; pass the patch store, folder or manifest CSV of this site")
     if args.max_epsilon < 0:
         raise ConfigError(f"--max-epsilon must be >= 0 (0: no differential privacy), got {args.max_epsilon}")
+    if args.min_k < 1:
+        raise ConfigError(f"--min-k must be an integer >= 1, got {args.min_k}")
     output = args.output_dir.expanduser().resolve()
     config: dict[str, object] = {
         P.NODE_DATA_PATH: str(data),
@@ -67,6 +73,7 @@ def node_config(args: argparse.Namespace) -> dict[str, object]:
         P.NODE_MAX_EPSILON: float(args.max_epsilon),
         P.NODE_DATA_KIND: args.data_kind,
         P.NODE_DEVICE: args.device,
+        P.NODE_MIN_K: int(args.min_k),
     }
     if args.privacy_state_dir is not None:
         config[P.NODE_PRIVACY_STATE_DIR] = str(args.privacy_state_dir.expanduser().resolve())

@@ -91,5 +91,6 @@ NODE_PRIVACY_STATE_DIR: Final = "privacy-state-dir"
 NODE_DATA_KIND: Final = "data-kind"  # medi_core.data.sources.SourceKind
 NODE_DEVICE: Final = "device"  # "auto", "cpu" or "cuda"
 NODE_AUDIT_LOG: Final = "audit-log"  # JSONL file listing every reply the client sends
+NODE_MIN_K: Final = "min-k"  # the site rejects summary requests whose k-anonymity is below this
 
 SUPPRESSED_PREFIX: Final = "<"  # a k-anonymised count is written "<k", for example "<5"

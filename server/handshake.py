@@ -50,6 +50,9 @@ def request_summaries(
     replies = list(grid.send_and_receive(messages, timeout=settings.handshake_timeout))
     for reply in replies:
         node = reply.metadata.src_node_id
+        if reply.has_error() and reply.error.code == P.DECLINED_ERROR_CODE:
+            logger.error("handshake: node %d declined the summary request and is left out: %s", node, reply.error.reason)
+            continue
         if reply.has_error():
             logger.error("handshake: node %d failed to send its summary: %s", node, reply.error.reason)
             continue
