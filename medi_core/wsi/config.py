@@ -19,8 +19,8 @@ class PrepareConfig:
     filters: TileFilterConfig = field(default_factory=TileFilterConfig)
     jpeg_quality: int = 90  # 1-100; 90 keeps JPEG artefacts below those of the scanner's own compression
     workers: int = 2  # slides processed in parallel, one process each
-    # Threads per slide that read, filter and encode tiles, so reading one tile overlaps
-    # encoding another; 2 hides most of the encoding behind the reads (docs/BENCHMARKS.md).
+    # Threads per slide that read, filter and encode tiles, so that reading one tile
+    # overlaps encoding another when a CPU core is free.
     tile_threads: int = 2
     default_mpp: float | None = None  # µm/px for slides without resolution metadata (--mpp)
     keep_unlisted: bool = False  # process slides without a metadata row (class unknown)

@@ -18,8 +18,8 @@ KEPT_COLOUR = (0, 160, 0)  # green outline: tile written to the store
 REJECTED_COLOUR = (220, 0, 0)  # red outline: enough tissue, but rejected by a tile filter
 MASK_TINT = np.array([40, 90, 255], dtype=np.uint16)  # blue tint over detected tissue
 MASK_TINT_ALPHA_256 = 64  # tint weight in 1/256 steps (25 %)
-# zlib level of the PNG. Level 1 encodes a 1024 px preview in about 60 % of the time
-# of Pillow's default 6, and the file is about 10 % larger.
+# zlib level of the PNG. On a 1024 px preview of the generated H&E benchmark slide,
+# level 1 took 39 ms against 63 ms for Pillow's default 6, for a file 3 % larger.
 PNG_COMPRESS_LEVEL = 1
 
 
