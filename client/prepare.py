@@ -130,7 +130,8 @@ def run_prepare(args: argparse.Namespace) -> int:
         len(report.done), len(report.skipped), report.num_patches, args.out / REPORT_MARKDOWN,
     )
     for slide in report.skipped:
-        logger.warning("skipped %s: %s", slide.path, slide.reason)
+        earlier = " (by an earlier run; --retry-skipped tries again)" if slide.status == "already skipped" else ""
+        logger.warning("skipped %s%s: %s", slide.path, earlier, slide.reason)
     return 0 if report.done else 1
 
 
