@@ -22,7 +22,7 @@ import tomli_w
 
 from medi_core import protocol as P
 from medi_core.errors import ConfigError
-from medi_server import superlink as sl
+from medi_client.flower_env import flower_environment, flower_executable
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def node_config(args: argparse.Namespace) -> dict[str, object]:
 
 def supernode_command(args: argparse.Namespace, node_config_file: Path) -> list[str]:
     """Build the ``flower-supernode`` command line for these options."""
-    cmd = [sl.flower_executable("flower-supernode"), "--superlink", args.superlink,
+    cmd = [flower_executable("flower-supernode"), "--superlink", args.superlink,
            "--node-config", str(node_config_file), "--port", str(args.runtime_port)]
     if args.insecure:
         if args.auth_key is not None:
@@ -130,7 +130,7 @@ def run_start(args: argparse.Namespace) -> int:
         logger.warning("--insecure: this site talks to %s WITHOUT TLS", args.superlink)
     if args.auth_key is None:
         logger.warning("no --auth-key: the SuperLink accepts this node only if it runs without SuperNode authentication")
-    env = sl.flower_environment(output / "flwr-home")
+    env = flower_environment(output / "flwr-home")
     logger.info("site %s joins %s as a Flower SuperNode (node config %s)", args.site_id, args.superlink, config_file)
     os.execve(cmd[0], cmd, env)
     return 0  # not reached: execve replaces the process

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,36 +24,13 @@ from typing import IO, Any
 import tomli_w
 
 from medi_core.errors import FederationError
+from medi_client.flower_env import flower_environment, flower_executable  # noqa: F401 - callers use sl.flower_environment
 
 logger = logging.getLogger(__name__)
 
 CONNECTION_NAME = "medi"  # name of the SuperLink connection in $FLWR_HOME/config.toml
 PORT_WAIT_SECONDS = 60.0  # a SuperLink binds its port in 2-10 s on a loaded 2-core machine
 REGISTER_RETRIES = 5  # `flwr supernode register` can race the SuperLink's start-up
-
-
-def flower_environment(flwr_home: Path | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for Flower processes: no telemetry, no update check, no package installs."""
-    env = dict(os.environ if base is None else base)
-    env["FLWR_TELEMETRY_ENABLED"] = "0"
-    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-    if flwr_home is not None:
-        env["FLWR_HOME"] = str(flwr_home)
-    # Flower starts flwr-serverapp / flwr-clientapp by name: find them next to this Python first.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
-
-
-def flower_executable(name: str) -> str:
-    """Path of a Flower console script, preferring the one next to this Python."""
-    local = Path(sys.executable).parent / name
-    if local.is_file():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        raise FederationError(f"the Flower command {name!r} was not found; install flwr in this environment")
-    return found
 
 
 def wait_for_port(host: str, port: int, *, timeout: float = PORT_WAIT_SECONDS, process: subprocess.Popen | None = None) -> None:
