@@ -210,6 +210,8 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, default=10, help="sampler steps per timed batch")
     p.add_argument("--sample-repeats", type=int, default=4, help="timed sampling batches per implementation")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--skip-train", action="store_true", help="time sampling only (two medi-paper trainers need ~17 GiB)")
+    p.add_argument("--skip-solvers", action="store_true", help="skip the DDIM-100 vs DPM-Solver++-20 timing")
     p.add_argument("--sampler", help="a trained sampler folder: only compare DPM-Solver++ 20 vs DDIM 100 on it")
     p.add_argument("--n", type=int, default=16, help="images for the solver comparison")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -225,12 +227,16 @@ def main() -> None:
     params = build_model(model_preset(args.preset), SPEC).num_parameters()
     print(f"preset={args.preset} parameters={params:,} batch={args.batch} threads={torch.get_num_threads()}")
 
-    train = alternate({impl: make_train_step(impl, args.preset, args.batch) for impl in IMPLS}, args.train_steps)
+    train = None
+    if not args.skip_train:
+        train = alternate({impl: make_train_step(impl, args.preset, args.batch) for impl in IMPLS}, args.train_steps)
     sample = alternate(
         {impl: make_sample_call(impl, args.preset, args.batch, args.sample_steps) for impl in IMPLS},
         args.sample_repeats,
     )
     for mode, seconds, unit in (("train", train, 1), ("sample", sample, 1)):
+        if seconds is None:
+            continue
         ips = {impl: args.batch * unit / seconds[impl] for impl in IMPLS}
         memory = "" if args.no_memory else " | peak MiB " + ", ".join(
             f"{impl} {peak_memory(args, mode, impl):.0f}" for impl in IMPLS
@@ -240,6 +246,8 @@ def main() -> None:
             f"ratio medi/reference {ips['medi'] / ips['reference']:.2f}{memory}"
         )
 
+    if args.skip_solvers:
+        return
     ddim_steps, dpm_steps = 100, 20
     solvers = alternate(
         {

@@ -39,7 +39,8 @@ def add_start_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trusted-entities", type=Path,
                         help="YAML trust list: run only app bundles signed by these keys (see deploy/certs)")
     parser.add_argument("--data", type=Path, required=True, help="patch source: patch store, TCGA-UT folder, labelled folder or manifest CSV")
-    parser.add_argument("--data-kind", default="auto", choices=["auto", "patch_store", "tcga_ut", "labelled_folder", "manifest"])
+    parser.add_argument("--data-kind", default="auto", choices=["auto", "patch_store", "tcga_ut", "labelled_folder", "manifest"],
+                        help="layout of --data; auto detects it from the files (default: auto)")
     parser.add_argument("--site-id", required=True, help="this site's name in the federation")
     parser.add_argument("--output-dir", type=Path, required=True, help="synthetic patches, the received sampler, local state")
     parser.add_argument("--max-epsilon", type=float, default=0.0,
@@ -48,7 +49,8 @@ def add_start_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lowest k-anonymity this site accepts: a summary request that reports counts under a "
                              "smaller k is rejected (default: %(default)s)")
     parser.add_argument("--privacy-state-dir", type=Path, help="where the privacy accountant is kept (default: OUTPUT_DIR/privacy)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="torch device for training and synthesis; auto picks cuda when present (default: auto)")
     parser.add_argument("--audit-log", type=Path, help="JSONL file listing every reply this site sends")
     parser.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT,
                         help="local port of the SuperNode's Runtime API (default: %(default)s)")

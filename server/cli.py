@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "restart, so sites reconnect by themselves) or 'memory' (faster for large models)")
     parser.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'",
                         help="run settings as TOML key=value pairs, or a .toml file (see [tool.flwr.app.config])")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="give up after this many seconds")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="give up after this many seconds (default: %(default)s)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 

@@ -11,6 +11,7 @@
 #   MEDI_DATA_KIND          auto, patch_store, tcga_ut, labelled_folder or manifest [auto]
 #   MEDI_OUTPUT_DIR         synthetic patches, received sampler, privacy accountant [/var/lib/medi/output]
 #   MEDI_MAX_EPSILON        this site's differential-privacy budget; 0 trains without DP [0]
+#   MEDI_MIN_K              smallest k-anonymity threshold this site accepts in the handshake [5]
 #   MEDI_DEVICE             auto, cpu or cuda [auto]
 #   MEDI_ROOT_CERT          the federation's CA certificate [/run/secrets/ca.crt]
 #   MEDI_AUTH_KEY           this site's SuperNode private key [/run/secrets/supernode.key]
@@ -83,6 +84,7 @@ case "$mode" in
             --data-kind "${MEDI_DATA_KIND:-auto}"
             --output-dir "$output"
             --max-epsilon "${MEDI_MAX_EPSILON:-0}"
+            --min-k "${MEDI_MIN_K:-5}"
             --device "${MEDI_DEVICE:-auto}"
             --audit-log "${MEDI_AUDIT_LOG:-$output/audit.jsonl}"
             --runtime-port "${MEDI_RUNTIME_PORT:-9094}")
