@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from medi_core.errors import MediError
 from medi_sim.config import SimConfig, register_configs
 from medi_sim.pipeline import run_pipeline
+from medi_sim.run_log import run_log
 
 logger = logging.getLogger("medi_sim.cli")
 
@@ -42,16 +43,18 @@ def to_sim_config(config: DictConfig) -> SimConfig:
 @hydra.main(version_base=None, config_path="conf", config_name="medi_sim")
 def _hydra_main(config: DictConfig) -> int:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        summary = run_pipeline(to_sim_config(config), run_dir)
-    except MediError as err:
-        logger.error("%s", err)
-        logger.error("medi-sim failed; logs and partial results are in %s", run_dir)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        logger.error("interrupted; every process the simulation started has been stopped; partial results in %s", run_dir)
-        sys.exit(130)
-    logger.info("done: open %s", summary)
+    with run_log(run_dir) as log_path:
+        try:
+            summary = run_pipeline(to_sim_config(config), run_dir)
+        except MediError as err:
+            logger.error("%s", err)
+            logger.error("medi-sim failed; the log %s and partial results are in %s", log_path.name, run_dir)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            logger.error("interrupted; every process the simulation started has been stopped; "
+                         "the log %s and partial results are in %s", log_path.name, run_dir)
+            sys.exit(130)
+        logger.info("done: open %s", summary)
     return 0
 
 

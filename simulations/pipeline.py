@@ -5,6 +5,7 @@ Layout of ``RUN_DIR``:
 | path | written by |
 |---|---|
 | ``config.yaml`` | the resolved configuration (Hydra also keeps ``.hydra/``) |
+| ``medi-sim.log`` | the run's log, from the first stage on (`medi_sim.run_log`) |
 | ``sites/<site>/patches.csv``, ``sites/holdout.csv`` | `medi_sim.sites` |
 | ``sites/<site>/output/`` | each virtual hospital: sampler copy, synthetic patches, local state |
 | ``federation/`` | the ServerApp: checkpoints, metrics, sampler, ``report.json`` |
@@ -39,6 +40,7 @@ from medi_sim.experiment import (
     synthesis_rows,
     write_run_report,
 )
+from medi_sim.run_log import run_log
 from medi_sim.sites import SiteSplit, open_manifest, prepare_sites
 
 logger = logging.getLogger(__name__)
@@ -122,7 +124,11 @@ def _start(bar: tqdm, index: int) -> None:
 def run_pipeline(config: SimConfig, run_dir: Path, *, progress: bool = True) -> Path:
     """Run every stage into ``run_dir``; return the path of the report's ``summary.md``."""
     run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_log(run_dir):
+        return _run_stages(config, run_dir, progress=progress)
+
+
+def _run_stages(config: SimConfig, run_dir: Path, *, progress: bool) -> Path:
     check_config(config)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
     size = config.model.sample_size
