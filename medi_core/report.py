@@ -10,6 +10,7 @@ writes:
 | ``config.json``                 | the resolved run configuration                           |
 | ``downstream_results.csv``      | tidy per-seed results of `run_configurations`            |
 | ``downstream_summary.csv``      | mean, SEM and seed count per configuration, site, metric |
+| ``comparison_with_real.csv``    | each configuration's difference from real only, verdict  |
 | ``per_site_accuracy.png``       | balanced accuracy per held-out site and configuration     |
 | ``sweep_<parameter>.csv/.png``  | each sweep, raw and plotted                              |
 | ``fidelity.csv``                | Fréchet and kernel distances per synthetic set and class |
@@ -111,30 +112,106 @@ def downstream_overview(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _worst_site_finding(summary: pd.DataFrame) -> str:
-    """State which configuration has the best worst-site accuracy and how it compares with real only."""
-    rows = summary[(summary["site"] == ALL_SITES) & (summary["metric"] == WORST_SITE_BALANCED_ACCURACY)]
-    if rows.empty or REAL not in set(rows["configuration"]):
-        return ""
-    by_configuration = rows.set_index("configuration")
-    best = by_configuration["mean"].idxmax()
-    real = by_configuration.loc[REAL]
-    if best == REAL:
-        return f"No configuration improved the worst-site balanced accuracy over real data only ({real['mean']:.3f})."
-    top = by_configuration.loc[best]
-    difference = top["mean"] - real["mean"]
-    combined = math.sqrt(top["sem"] ** 2 + real["sem"] ** 2) if not (math.isnan(top["sem"]) or math.isnan(real["sem"])) else math.nan
-    if math.isnan(combined):
-        strength = "a single seed gives no error estimate"
-    elif difference > 2 * combined:
-        strength = f"more than twice the combined SEM ({combined:.3f})"
+NOISE_FACTOR = 2.0  # a difference counts as beyond noise when it exceeds twice the combined SEM (a rough guide)
+# Means and SEMs of identical per-seed values can differ from 0 by float rounding (1e-17). That is far
+# below the 3 decimals the report prints, so values below this tolerance count as exactly 0.
+ROUNDING_TOLERANCE = 1e-9
+METRIC_NAMES = {
+    BALANCED_ACCURACY: "balanced accuracy",
+    SITE_BALANCED_ACCURACY: "site-averaged balanced accuracy",
+    WORST_SITE_BALANCED_ACCURACY: "worst-site balanced accuracy",
+    MCC: "MCC",
+}
+
+HIGHER, LOWER, WITHIN_NOISE, SAME, NO_VARIATION, ONE_SEED = (
+    "higher", "lower", "within noise", "same", "no seed variation", "one seed"
+)
+
+
+def _verdict(difference: float, combined_sem: float) -> str:
+    """Classify a difference from real only against the combined SEM of the two configurations."""
+    if math.isnan(combined_sem):
+        return ONE_SEED
+    if combined_sem < ROUNDING_TOLERANCE:
+        return SAME if abs(difference) < ROUNDING_TOLERANCE else NO_VARIATION
+    if abs(difference) <= NOISE_FACTOR * combined_sem:
+        return WITHIN_NOISE
+    return HIGHER if difference > 0 else LOWER
+
+
+def compare_with_real(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return every configuration's difference from real only, per summary metric, with its combined SEM and verdict.
+
+    Columns: ``configuration, metric, mean, real_mean, difference,
+    combined_sem, verdict``. The combined SEM is ``sqrt(sem_a^2 + sem_b^2)``,
+    and the verdict is one of ``higher``, ``lower``, ``within noise``,
+    ``same``, ``no seed variation`` (both SEMs 0 but different means) or
+    ``one seed`` (no SEM). An empty table when real only was not run.
+    """
+    columns = ["configuration", "metric", "mean", "real_mean", "difference", "combined_sem", "verdict"]
+    overall = summary[summary["site"] == ALL_SITES].set_index(["configuration", "metric"])
+    configurations = list(dict.fromkeys(overall.index.get_level_values("configuration")))
+    if REAL not in configurations:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for configuration in configurations:
+        if configuration == REAL:
+            continue
+        for metric in SUMMARY_METRICS:
+            if (configuration, metric) not in overall.index or (REAL, metric) not in overall.index:
+                continue
+            mine, real = overall.loc[(configuration, metric)], overall.loc[(REAL, metric)]
+            difference = float(mine["mean"] - real["mean"])
+            combined = math.sqrt(mine["sem"] ** 2 + real["sem"] ** 2)  # NaN when either has one seed
+            rows.append({
+                "configuration": configuration, "metric": metric, "mean": float(mine["mean"]),
+                "real_mean": float(real["mean"]), "difference": difference, "combined_sem": combined,
+                "verdict": _verdict(difference, combined),
+            })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def comparison_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Format `compare_with_real` as one row per configuration: ``difference ± combined SEM (verdict)`` per metric."""
+    rows = []
+    for configuration, part in comparison.groupby("configuration", sort=False):
+        row: dict[str, Any] = {"configuration": configuration}
+        for item in part.itertuples(index=False):
+            spread = "" if math.isnan(item.combined_sem) else f" ± {item.combined_sem:.3f}"
+            row[METRIC_TITLES[item.metric]] = f"{item.difference:+.3f}{spread} ({item.verdict})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _comparison_findings(comparison: pd.DataFrame) -> list[str]:
+    """State for each configuration on which metrics it is above, below or within noise of real only."""
+    if comparison.empty:
+        return []
+    lines = []
+    for configuration, part in comparison.groupby("configuration", sort=False):
+        groups = []
+        for verdict in (HIGHER, LOWER, WITHIN_NOISE, SAME, NO_VARIATION, ONE_SEED):
+            metrics = [METRIC_NAMES[m] for m in part.loc[part["verdict"] == verdict, "metric"]]
+            if metrics:
+                groups.append(f"{verdict} on {', '.join(metrics)}")
+        lines.append(f"- {configuration} against real only: {'; '.join(groups)}.")
+    beyond = int(comparison["verdict"].isin([HIGHER, LOWER]).sum())
+    unjudged = int(comparison["verdict"].isin([NO_VARIATION, ONE_SEED]).sum())
+    if beyond == 0 and unjudged == 0:
+        opening = "No configuration differs from real only by more than the noise on any metric."
     else:
-        strength = f"within twice the combined SEM ({combined:.3f}), so not clearly different"
-    return (
-        f"The best worst-site balanced accuracy comes from **{best}** ({top['mean']:.3f}), "
-        f"{difference:+.3f} against real data only ({real['mean']:.3f}): {strength}. "
-        "This is a rough guide, not a significance test."
+        opening = (
+            f"{beyond} of {len(comparison)} differences from real only are larger than "
+            f"{NOISE_FACTOR:g} x their combined SEM"
+        )
+        opening += f", and {unjudged} cannot be judged against noise." if unjudged else "."
+    caveat = (
+        f"A difference counts as beyond noise when it exceeds {NOISE_FACTOR:g} x the combined SEM over seeds. "
+        "Seeds vary training randomness only, not the held-out test patches, so this is a rough guide and not "
+        "a significance test. \"no seed variation\" means that every seed gave the same values, so the SEM cannot "
+        "separate an effect from noise."
     )
+    return [opening, "", *lines, "", caveat]
 
 
 def _site_fidelity_finding(table: pd.DataFrame) -> str:
@@ -198,8 +275,19 @@ def write_report(
             "",
             markdown_table(downstream_overview(summary)),
             "",
-            _worst_site_finding(summary),
-            "",
+        ]
+        comparison = compare_with_real(summary)
+        comparison.to_csv(folder / "comparison_with_real.csv", index=False)
+        if len(comparison):
+            lines += [
+                "Difference from real only (mean difference ± combined SEM, with the verdict):",
+                "",
+                markdown_table(comparison_table(comparison)),
+                "",
+                *_comparison_findings(comparison),
+                "",
+            ]
+        lines += [
             METRIC_EXPLANATION,
             "![balanced accuracy per held-out site](per_site_accuracy.png)",
             "",
@@ -258,4 +346,4 @@ def write_report(
     return path
 
 
-__all__ = ["downstream_overview", "markdown_table", "read_metrics", "write_report"]
+__all__ = ["compare_with_real", "comparison_table", "downstream_overview", "markdown_table", "read_metrics", "write_report"]

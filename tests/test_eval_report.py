@@ -14,6 +14,7 @@ from PIL import Image
 
 from medi_core.evaluation import (
     ALL_SITES,
+    SUMMARY_METRICS,
     EvaluationConfig,
     RandomConvEncoder,
     fidelity_table,
@@ -22,7 +23,7 @@ from medi_core.evaluation import (
     site_fidelity,
     stain_augment,
 )
-from medi_core.report import downstream_overview, markdown_table, read_metrics, write_report
+from medi_core.report import compare_with_real, downstream_overview, markdown_table, read_metrics, write_report
 from medi_sim.tcga_split import evaluation_patches, plan_sites_for_records
 
 HOLDOUT = ["OL", "PE", "S3", "WT", "XX"]
@@ -118,3 +119,91 @@ def test_report_without_privacy(tmp_path: Path) -> None:
     summary = write_report(tmp_path, metrics=metrics, description=["training only"])
     assert (tmp_path / "training_rounds.png").is_file()
     assert "training only" in summary.read_text()
+
+
+def _summary(rows: list[tuple[str, str, float, float]]) -> pd.DataFrame:
+    """A `summarise_over_seeds`-shaped table from (configuration, metric, mean, sem) rows, all on ALL_SITES."""
+    return pd.DataFrame(
+        [{"configuration": c, "site": ALL_SITES, "metric": m, "mean": mean, "sem": sem, "n_seeds": 3} for c, m, mean, sem in rows]
+    )
+
+
+# A misleading case from a real run: real+stain has the highest worst-site value but the lowest
+# balanced accuracy and a negative MCC.
+USER_CASE = _summary([
+    ("real", "balanced_accuracy", 0.472, 0.0),
+    ("real", "worst_site_balanced_accuracy", 0.0, 0.0),
+    ("real", "mcc", 0.249, 0.0),
+    ("real+stain", "balanced_accuracy", 0.315, 0.024),
+    ("real+stain", "worst_site_balanced_accuracy", 0.111, 0.111),
+    ("real+stain", "mcc", -0.064, 0.053),
+    ("real+medi-fed", "balanced_accuracy", 0.500, 0.0),
+    ("real+medi-fed", "worst_site_balanced_accuracy", 0.0, 0.0),
+    ("real+medi-fed", "mcc", 0.369, 0.0),
+])
+
+
+def _verdicts(summary: pd.DataFrame) -> dict[tuple[str, str], str]:
+    table = compare_with_real(summary)
+    return {(row.configuration, row.metric): row.verdict for row in table.itertuples(index=False)}
+
+
+def test_compare_lower_beyond_noise() -> None:
+    # 0.315 - 0.472 = -0.157; combined SEM sqrt(0.024^2 + 0) = 0.024; |-0.157| > 2 x 0.024.
+    assert _verdicts(USER_CASE)[("real+stain", "balanced_accuracy")] == "lower"
+
+
+def test_compare_within_noise() -> None:
+    # +0.111 against a combined SEM of 0.111: within 2 x SEM.
+    assert _verdicts(USER_CASE)[("real+stain", "worst_site_balanced_accuracy")] == "within noise"
+
+
+def test_compare_no_seed_variation() -> None:
+    # 0.369 - 0.249 with both SEMs 0: every seed gave the same value, so noise cannot be judged.
+    assert _verdicts(USER_CASE)[("real+medi-fed", "mcc")] == "no seed variation"
+
+
+def test_compare_same_value() -> None:
+    assert _verdicts(USER_CASE)[("real+medi-fed", "worst_site_balanced_accuracy")] == "same"
+
+
+def test_compare_ignores_rounding() -> None:
+    # The SEM of identical per-seed values can come out as 1e-17 instead of 0.
+    summary = _summary([("real", "mcc", 0.249, 0.0), ("real+x", "mcc", 0.249 + 1e-17, 1e-17)])
+    assert _verdicts(summary)[("real+x", "mcc")] == "same"
+
+
+def test_compare_higher_hand_computed() -> None:
+    summary = _summary([("real", "mcc", 0.50, 0.03), ("real+x", "mcc", 0.62, 0.04)])
+    table = compare_with_real(summary).set_index("configuration")
+    # difference 0.12, combined SEM sqrt(0.03^2 + 0.04^2) = 0.05, and 0.12 > 2 x 0.05.
+    assert table.loc["real+x", "difference"] == pytest.approx(0.12)
+    assert table.loc["real+x", "combined_sem"] == pytest.approx(0.05)
+    assert table.loc["real+x", "verdict"] == "higher"
+
+
+def test_compare_one_seed() -> None:
+    summary = _summary([("real", "mcc", 0.50, math.nan), ("real+x", "mcc", 0.62, math.nan)])
+    assert _verdicts(summary)[("real+x", "mcc")] == "one seed"
+
+
+def test_compare_without_real_is_empty() -> None:
+    assert compare_with_real(_summary([("real+x", "mcc", 0.62, 0.01)])).empty
+
+
+def test_summary_names_no_best_configuration(tmp_path: Path) -> None:
+    values = {"real": (0.47, 0.47, 0.47), "real+stain": (0.30, 0.34, 0.31)}  # per seed
+    results = pd.DataFrame([
+        {"configuration": c, "seed": seed, "site": site, "metric": metric, "value": v, "n_real": 10, "n_added": 0}
+        for c, per_seed in values.items()
+        for seed, v in enumerate(per_seed)
+        for site, metric in [(ALL_SITES, m) for m in SUMMARY_METRICS] + [("S1", "balanced_accuracy")]
+    ])
+    text = write_report(tmp_path, results=results).read_text()
+    assert "best" not in text
+    assert "- real+stain against real only: lower on balanced accuracy, site-averaged balanced accuracy, worst-site balanced accuracy, MCC." in text
+
+
+def test_report_writes_comparison(report: Path) -> None:
+    table = pd.read_csv(report / "comparison_with_real.csv")
+    assert set(table["configuration"]) == {"real+stain", "real+jitter"}
