@@ -245,12 +245,17 @@ def write_report(
     metrics: str | Path | pd.DataFrame | None = None,
     samples: Mapping[str, LabeledPatches] | None = None,
     description: Sequence[str] = (),
+    num_classes: int | None = None,
 ) -> Path:
     """Write the report folder and return the path of ``summary.md``.
 
     ``description`` lines (data set, sites, encoder, what was held out) open
     the summary, so the reader knows the setting before the numbers.
+    ``num_classes`` sets the chance level drawn in the per-site plot; without
+    it, the largest class count among ``samples`` is used.
     """
+    if num_classes is None and samples:
+        num_classes = max(len(patches.classes) for patches in samples.values())
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", ""]
@@ -266,7 +271,7 @@ def write_report(
         results.to_csv(folder / "downstream_results.csv", index=False)
         summary = summarise_over_seeds(results)
         summary.to_csv(folder / "downstream_summary.csv", index=False)
-        plot_per_site_accuracy(summary, folder / "per_site_accuracy.png")
+        plot_per_site_accuracy(summary, folder / "per_site_accuracy.png", num_classes=num_classes)
         test_sites = sorted(set(results["site"]) - {ALL_SITES})
         lines += [
             "## Downstream classification on held-out sites",
@@ -290,6 +295,9 @@ def write_report(
         lines += [
             METRIC_EXPLANATION,
             "![balanced accuracy per held-out site](per_site_accuracy.png)",
+            "",
+            (f"The dashed line is chance level (1/{num_classes}). " if num_classes else "")
+            + "A bar labelled 0 scored zero; a gap without a label means that configuration has no result there.",
             "",
         ]
 

@@ -32,11 +32,17 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_per_site_accuracy(summary: pd.DataFrame, path: Path) -> Path:
+ZERO_LABEL = "0"  # printed on a bar of exactly zero, which would otherwise look like a missing bar
+
+
+def per_site_accuracy_figure(summary: pd.DataFrame, *, num_classes: int | None = None) -> plt.Figure:
     """Draw grouped bars of balanced accuracy per held-out site, one bar per configuration, SEM as error bars.
 
     ``summary`` is `summarise_over_seeds` output. The last group is the
     site average, which shows a configuration that helps only the big sites.
+    A dashed line marks chance level, ``1 / num_classes``, and every bar of
+    value 0 carries a "0" label and a marker on the axis, so it cannot be
+    mistaken for a missing bar. A missing bar (no result) gets neither.
     """
     rows = summary[(summary["metric"] == BALANCED_ACCURACY) & (summary["site"] != ALL_SITES)]
     averaged = summary[(summary["metric"] == "site_balanced_accuracy") & (summary["site"] == ALL_SITES)]
@@ -47,17 +53,30 @@ def plot_per_site_accuracy(summary: pd.DataFrame, path: Path) -> Path:
     for index, configuration in enumerate(configurations):
         part = rows[rows["configuration"] == configuration].set_index("site")
         mean_row = averaged[averaged["configuration"] == configuration]
-        means = [part["mean"].get(s, np.nan) for s in sites[:-1]] + [mean_row["mean"].iloc[0] if len(mean_row) else np.nan]
+        means = np.array([part["mean"].get(s, np.nan) for s in sites[:-1]] + [mean_row["mean"].iloc[0] if len(mean_row) else np.nan])
         errors = [part["sem"].get(s, np.nan) for s in sites[:-1]] + [mean_row["sem"].iloc[0] if len(mean_row) else np.nan]
         positions = np.arange(len(sites)) + (index - (len(configurations) - 1) / 2) * width
-        axes.bar(positions, means, width, yerr=np.nan_to_num(errors), capsize=2, label=configuration)
+        bars = axes.bar(positions, means, width, yerr=np.nan_to_num(errors), capsize=2, label=configuration)
+        colour = bars.patches[0].get_facecolor() if bars.patches else None
+        # A short marker at every bar's height keeps zero-height bars visible as a dash on the axis.
+        axes.plot(positions, means, linestyle="none", marker="_", markersize=max(4.0, 40 * width), color=colour)
+        for position, mean in zip(positions, means, strict=True):
+            if mean == 0.0:
+                axes.text(position, 0.015, ZERO_LABEL, ha="center", va="bottom", fontsize="x-small", color=colour)
+    if num_classes is not None and num_classes >= 2:
+        axes.axhline(1.0 / num_classes, color="grey", linestyle="--", linewidth=1, label=f"chance (1/{num_classes})")
     axes.set_xticks(np.arange(len(sites)), sites)
-    axes.set_ylim(0, 1.05)
+    axes.set_ylim(-0.03, 1.05)  # below 0, so a marker at 0 sits above the axis line
     axes.set_xlabel("held-out site")
     axes.set_ylabel("balanced accuracy")
     axes.set_title("Balanced accuracy per held-out site (mean ± SEM over seeds)")
-    axes.legend(fontsize="small", ncols=min(len(configurations), 3))
-    return _save(figure, path)
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside, so no bar is hidden
+    return figure
+
+
+def plot_per_site_accuracy(summary: pd.DataFrame, path: Path, *, num_classes: int | None = None) -> Path:
+    """Save `per_site_accuracy_figure` as a PNG at ``path``."""
+    return _save(per_site_accuracy_figure(summary, num_classes=num_classes), path)
 
 
 def plot_sweep(summary: pd.DataFrame, parameter: str, path: Path, metrics: Sequence[str]) -> Path:
@@ -135,4 +154,4 @@ def sample_grid(patches: LabeledPatches, path: Path, *, per_cell: int = 4, tile_
     return path
 
 
-__all__ = ["plot_per_site_accuracy", "plot_sweep", "plot_training_rounds", "sample_grid"]
+__all__ = ["per_site_accuracy_figure", "plot_per_site_accuracy", "plot_sweep", "plot_training_rounds", "sample_grid"]

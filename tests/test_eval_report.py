@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,6 +24,7 @@ from medi_core.evaluation import (
     site_fidelity,
     stain_augment,
 )
+from medi_core.report_plots import per_site_accuracy_figure
 from medi_core.report import compare_with_real, downstream_overview, markdown_table, read_metrics, write_report
 from medi_sim.tcga_split import evaluation_patches, plan_sites_for_records
 
@@ -207,3 +209,30 @@ def test_summary_names_no_best_configuration(tmp_path: Path) -> None:
 def test_report_writes_comparison(report: Path) -> None:
     table = pd.read_csv(report / "comparison_with_real.csv")
     assert set(table["configuration"]) == {"real+stain", "real+jitter"}
+
+
+def _per_site_summary() -> pd.DataFrame:
+    rows = [
+        ("real", "S1", "balanced_accuracy", 0.0), ("real", "S2", "balanced_accuracy", 0.5),
+        ("real+x", "S1", "balanced_accuracy", 0.25), ("real+x", "S2", "balanced_accuracy", 0.0),
+        ("real", ALL_SITES, "site_balanced_accuracy", 0.25), ("real+x", ALL_SITES, "site_balanced_accuracy", 0.125),
+    ]
+    return pd.DataFrame([{"configuration": c, "site": s, "metric": m, "mean": v, "sem": 0.0, "n_seeds": 3} for c, s, m, v in rows])
+
+
+def test_per_site_plot_draws_chance_line() -> None:
+    figure = per_site_accuracy_figure(_per_site_summary(), num_classes=3)
+    levels = [tuple(line.get_ydata()) for line in figure.axes[0].lines if line.get_linestyle() == "--"]
+    plt.close(figure)
+    assert levels == [(1 / 3, 1 / 3)]
+
+
+def test_per_site_plot_labels_zero_bars() -> None:
+    figure = per_site_accuracy_figure(_per_site_summary(), num_classes=3)
+    zeros = [text for text in figure.axes[0].texts if text.get_text() == "0"]
+    plt.close(figure)
+    assert len(zeros) == 2  # real at S1 and real+x at S2
+
+
+def test_report_mentions_chance_level(report: Path) -> None:
+    assert "The dashed line is chance level (1/3)." in (report / "summary.md").read_text()
