@@ -233,6 +233,39 @@ def _site_fidelity_finding(table: pd.DataFrame) -> str:
     )
 
 
+GRID_PER_CELL = 4  # default patches shown per (class, site) cell of a sample grid
+
+
+def _sample_sections(
+    folder: Path,
+    samples: Mapping[str, LabeledPatches],
+    requested_cells: Mapping[str, Mapping[tuple[str, str], int]],
+    per_cell: int,
+) -> list[str]:
+    """Draw one class x site grid per sample set, all with the same rows and columns; return their markdown."""
+    classes = sorted({label for patches in samples.values() for label in patches.classes})
+    sites = sorted({site for patches in samples.values() for site in patches.site_names})
+    lines = []
+    for name, patches in samples.items():
+        file_name = f"samples_{name}.png"
+        requested = requested_cells.get(name)
+        sample_grid(patches, folder / file_name, per_cell=per_cell, requested=requested, classes=classes, sites=sites)
+        caption = f"Rows are classes, columns are sites, with up to {per_cell} patches per cell. "
+        if requested is None:
+            caption += "A grey tile marked *no patches* is a cell without patches in this set."
+        else:
+            asked = [cell for cell, count in requested.items() if count > 0]
+            written = patches.cell_counts()
+            failed = [cell for cell in asked if written.get(cell, 0) == 0]
+            caption += (
+                "A grey tile marked *not requested* is a cell the balance plan left out, because the site already "
+                "has enough real patches of that class. A tile marked *failed* is a requested cell without any "
+                f"written patch: {len(failed)} of the {len(asked)} requested cells."
+            )
+        lines += [f"## Samples: {name}", "", caption, "", f"![{name} samples]({file_name})", ""]
+    return lines
+
+
 def write_report(
     folder: str | Path,
     *,
@@ -246,13 +279,17 @@ def write_report(
     samples: Mapping[str, LabeledPatches] | None = None,
     description: Sequence[str] = (),
     num_classes: int | None = None,
+    requested_cells: Mapping[str, Mapping[tuple[str, str], int]] | None = None,
+    grid_per_cell: int = GRID_PER_CELL,
 ) -> Path:
     """Write the report folder and return the path of ``summary.md``.
 
     ``description`` lines (data set, sites, encoder, what was held out) open
     the summary, so the reader knows the setting before the numbers.
     ``num_classes`` sets the chance level drawn in the per-site plot; without
-    it, the largest class count among ``samples`` is used.
+    it, the largest class count among ``samples`` is used. ``requested_cells``
+    maps a sample set's name to the patches requested per (class, site) cell,
+    so its grid can tell cells that were not requested from failed ones.
     """
     if num_classes is None and samples:
         num_classes = max(len(patches.classes) for patches in samples.values())
@@ -343,10 +380,7 @@ def write_report(
         else:
             logger.warning("report %s: the metrics have no rows or no 'round' column; skipping the training plot", folder)
 
-    for name, patches in (samples or {}).items():
-        file_name = f"samples_{name}.png"
-        sample_grid(patches, folder / file_name)
-        lines += [f"## Samples: {name}", "", "Rows are classes, columns are sites.", "", f"![{name} samples]({file_name})", ""]
+    lines += _sample_sections(folder, samples or {}, requested_cells or {}, grid_per_cell)
 
     path = folder / "summary.md"
     path.write_text("\n".join(lines).rstrip() + "\n")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from medi_core.evaluation.metrics import ALL_SITES, BALANCED_ACCURACY  # noqa: E402
 from medi_core.evaluation.patches import LabeledPatches  # noqa: E402
@@ -140,18 +140,68 @@ def _to_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(array.transpose(1, 2, 0))
 
 
-def sample_grid(patches: LabeledPatches, path: Path, *, per_cell: int = 4, tile_size: int = 64) -> Path:
-    """Save a class x site grid with up to ``per_cell`` patches per cell; empty cells stay blank."""
+NOT_REQUESTED = "not\nrequested"  # the balance plan asked for no patches in this cell
+FAILED = "failed"  # patches were requested but none was written
+NO_PATCHES = "no\npatches"  # a set without a plan (real data) has no patches in this cell
+PLACEHOLDER_GREY = (226, 226, 234)  # RGB of the tile that marks an empty cell; tinted, unlike anti-aliased text
+
+
+def _placeholder(text: str, tile_size: int) -> Image.Image:
+    """Return a light grey tile with ``text``, drawn where a grid cell has no patch."""
+    tile = Image.new("RGB", (tile_size, tile_size), PLACEHOLDER_GREY)
+    ImageDraw.Draw(tile).multiline_text((3, 3), text, fill="black", spacing=2)
+    return tile
+
+
+def empty_cell_label(count_requested: int | None) -> str:
+    """Return the placeholder text of a cell without patches, from the number of patches requested for it.
+
+    ``None`` means the set follows no plan (real data), so the cell simply has
+    no patches. Otherwise 0 is a cell the plan did not request and any other
+    number a request that produced nothing.
+    """
+    if count_requested is None:
+        return NO_PATCHES
+    if count_requested == 0:
+        return NOT_REQUESTED
+    return f"{FAILED}\n0 of {count_requested}"
+
+
+def sample_grid(
+    patches: LabeledPatches,
+    path: Path,
+    *,
+    per_cell: int = 4,
+    tile_size: int = 64,
+    requested: Mapping[tuple[str, str], int] | None = None,
+    classes: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
+) -> Path:
+    """Save a class x site grid with up to ``per_cell`` patches per cell.
+
+    ``requested`` maps (class, site) to the patches requested for that cell,
+    as a balance plan does. A cell without patches then shows a grey tile
+    marked "not requested" or "failed", or "no patches" when ``requested`` is
+    None. ``classes`` and ``sites`` set the rows and columns, by default those
+    present in ``patches``, so grids of several sets can share one layout.
+    """
     cells: dict[tuple[str, str], list[Image.Image]] = {}
     images = patches.images.numpy()
     for index, (label, site) in enumerate(zip(patches.labels.tolist(), patches.sites.tolist(), strict=True)):
         cell = cells.setdefault((label, site), [])
         if len(cell) < per_cell:
             cell.append(_to_pil(images[index]).resize((tile_size, tile_size), Image.Resampling.NEAREST))
-    grid = labelled_grid(cells, list(patches.classes), list(patches.site_names), per_cell=per_cell)
+    rows = list(classes) if classes is not None else list(patches.classes)
+    columns = list(sites) if sites is not None else list(patches.site_names)
+    for label in rows:
+        for site in columns:
+            if not cells.get((label, site)):
+                count = None if requested is None else int(requested.get((label, site), 0))
+                cells[(label, site)] = [_placeholder(empty_cell_label(count), tile_size)]
+    grid = labelled_grid(cells, rows, columns, per_cell=per_cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
 
 
-__all__ = ["per_site_accuracy_figure", "plot_per_site_accuracy", "plot_sweep", "plot_training_rounds", "sample_grid"]
+__all__ = ["per_site_accuracy_figure", "plot_per_site_accuracy", "plot_sweep", "plot_training_rounds", "empty_cell_label", "sample_grid"]

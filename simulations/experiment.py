@@ -16,6 +16,7 @@ same (site, class) cells with the same counts, so they compete on equal terms.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -148,6 +149,8 @@ def write_run_report(
     samples: Mapping[str, LabeledPatches],
     description: Sequence[str],
     synthesis_table: pd.DataFrame,
+    requested_cells: Mapping[str, CellRequests] | None = None,
+    grid_per_cell: int = 4,
 ) -> Path:
     """Write the report folder with `medi_core.report.write_report` plus the simulation's own tables."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -165,7 +168,30 @@ def write_run_report(
         metrics=metrics if metrics is not None and metrics.is_file() else None,
         samples=samples,
         description=description,
+        requested_cells=requested_cells,
+        grid_per_cell=grid_per_cell,
     )
+
+
+CellRequests = dict[tuple[str, str], int]  # (class, site) -> patches requested
+
+
+def planned_requests(balance_plan: Path) -> CellRequests | None:
+    """Read the patches the server's balance plan requested per (class, site) from ``balance_plan.json``.
+
+    Returns None, with a warning, when the file is missing, so the report then
+    cannot tell cells that were not requested from failed ones.
+    """
+    if not balance_plan.is_file():
+        logger.warning("%s not found; the sample grids cannot mark cells that were not requested", balance_plan)
+        return None
+    deficits = json.loads(balance_plan.read_text()).get("deficits", {})
+    return {(cls, site): int(count) for site, per_class in deficits.items() for cls, count in per_class.items()}
+
+
+def requests_from_counts(counts: Mapping[str, Mapping[str, int]]) -> CellRequests:
+    """Turn ``{site: {class: n}}`` (what a baseline was asked to generate) into (class, site) requests."""
+    return {(cls, site): int(count) for site, per_class in counts.items() for cls, count in per_class.items()}
 
 
 def synthesis_rows(counts_by_set: Mapping[str, Mapping[str, Mapping[str, int]]]) -> pd.DataFrame:
@@ -196,6 +222,8 @@ __all__ = [
     "federated_synthetic_manifests",
     "cap_per_cell",
     "load_patches",
+    "planned_requests",
+    "requests_from_counts",
     "run_experiment",
     "synthesis_rows",
     "write_run_report",

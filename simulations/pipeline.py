@@ -36,6 +36,8 @@ from medi_sim.experiment import (
     cell_counts,
     federated_synthetic_manifests,
     load_patches,
+    planned_requests,
+    requests_from_counts,
     run_experiment,
     synthesis_rows,
     write_run_report,
@@ -168,6 +170,11 @@ def _run_stages(config: SimConfig, run_dir: Path, *, progress: bool) -> Path:
 
     _start(stages, 4)
     samples = {REAL_TRAIN: train, **synthetic}
+    # The sites were asked for the balance plan's cells; each baseline for exactly what the sites wrote.
+    requested = {name: requests_from_counts(counts) for name in baselines}
+    plan = planned_requests(run_dir / "federation" / "balance_plan.json")
+    if plan is not None:
+        requested[MEDI_FEDERATED] = plan
     summary = write_run_report(
         run_dir / "report",
         tables,
@@ -176,6 +183,8 @@ def _run_stages(config: SimConfig, run_dir: Path, *, progress: bool) -> Path:
         samples=samples,
         description=describe(config, split, settings, tables.encoder, steps),
         synthesis_table=synthesis_rows({name: cell_counts(p) for name, p in synthetic.items()}),
+        requested_cells=requested,
+        grid_per_cell=config.evaluation.grid_per_cell,
     )
     stages.update()
     stages.close()

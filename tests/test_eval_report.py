@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from eval_support import require_brca_dataset
 from PIL import Image
 
@@ -17,6 +18,7 @@ from medi_core.evaluation import (
     ALL_SITES,
     SUMMARY_METRICS,
     EvaluationConfig,
+    LabeledPatches,
     RandomConvEncoder,
     fidelity_table,
     run_configurations,
@@ -24,7 +26,7 @@ from medi_core.evaluation import (
     site_fidelity,
     stain_augment,
 )
-from medi_core.report_plots import per_site_accuracy_figure
+from medi_core.report_plots import PLACEHOLDER_GREY, empty_cell_label, per_site_accuracy_figure, sample_grid
 from medi_core.report import compare_with_real, downstream_overview, markdown_table, read_metrics, write_report
 from medi_sim.tcga_split import evaluation_patches, plan_sites_for_records
 
@@ -236,3 +238,33 @@ def test_per_site_plot_labels_zero_bars() -> None:
 
 def test_report_mentions_chance_level(report: Path) -> None:
     assert "The dashed line is chance level (1/3)." in (report / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(("requested", "label"), [(None, "no\npatches"), (0, "not\nrequested"), (8, "failed\n0 of 8")])
+def test_empty_cell_label(requested: int | None, label: str) -> None:
+    assert empty_cell_label(requested) == label
+
+
+def _one_patch_set() -> LabeledPatches:
+    return LabeledPatches(torch.zeros(1, 3, 8, 8), np.array(["tumour"]), np.array(["S1"]), name="synthetic")
+
+
+def _grey_pixels(path: Path) -> int:
+    with Image.open(path) as image:
+        return int((np.asarray(image.convert("RGB")) == PLACEHOLDER_GREY).all(axis=2).sum())
+
+
+def test_sample_grid_marks_empty_cells(tmp_path: Path) -> None:
+    path = sample_grid(_one_patch_set(), tmp_path / "grid.png", classes=["stroma", "tumour"], sites=["S1"])
+    assert _grey_pixels(path) > 0  # the stroma cell gets a placeholder tile
+
+
+def test_sample_grid_full_has_no_placeholder(tmp_path: Path) -> None:
+    path = sample_grid(_one_patch_set(), tmp_path / "grid.png")
+    assert _grey_pixels(path) == 0
+
+
+def test_report_counts_failed_cells(tmp_path: Path) -> None:
+    requested = {"synthetic": {("tumour", "S1"): 2, ("stroma", "S1"): 3, ("stroma", "S2"): 0}}
+    text = write_report(tmp_path, samples={"synthetic": _one_patch_set()}, requested_cells=requested).read_text()
+    assert "*failed* is a requested cell without any written patch: 1 of the 2 requested cells." in text
