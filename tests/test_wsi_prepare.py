@@ -190,6 +190,15 @@ def test_corrupt_tiles_within_limit_skipped(tmp_path):
     assert result.status == "done"
 
 
+@pytest.mark.parametrize("attempt", range(4))
+def test_corrupt_tile_fails_only_itself_with_threads(tmp_path, attempt):
+    # A read error breaks the shared OpenSlide handle; concurrent good reads must still succeed.
+    slide = write_synthetic_slide(tmp_path / "pyramid.svs", width=2048, height=2048, mpp=0.5, downsamples=(1, 4))
+    _corrupt_level0_tiles(slide, slide, range(27, 28))
+    report = _run_with_cmu(tmp_path, slide, _config(max_unreadable_fraction=0.2, tile_threads=4))
+    assert _by_id(report)["pyramid"].unreadable_tiles == 1
+
+
 def test_bad_slide_without_tissue(tmp_path):
     blank = write_synthetic_slide(tmp_path / "blank.svs", width=1024, height=1024, mpp=0.5, downsamples=(1,), tissue=False)
     report = _run_with_cmu(tmp_path, blank)

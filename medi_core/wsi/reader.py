@@ -210,29 +210,38 @@ class SlideReader:
     def read_image(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
         """Read a region as an RGB PIL image; transparent pixels become white (255).
 
-        After an `openslide.OpenSlideError` the handle is broken, so it is reopened
-        and the read retried once; a second failure raises `SlideReadError`.
+        After an `openslide.OpenSlideError` the shared handle is broken, so it is
+        replaced, and the read is retried once on a private handle that no other
+        thread can break. Only a region that fails on that private handle too
+        raises `SlideReadError`, so an error in one thread never fails a good
+        tile read in another.
         """
-        for attempt in (1, 2):
-            handle = self._acquire()
-            try:
-                region = handle.slide.read_region(location, level, size)
-                break
-            except openslide.OpenSlideError as err:
-                if attempt == 2:
-                    raise SlideReadError(
-                        f"slide {self.slide_id}: reading {size} px at level {level}, (x, y)={location} "
-                        f"failed twice: {err}; the file is probably corrupt"
-                    ) from None
-                logger.warning("slide %s: read error at (x, y)=%s (%s); reopening the slide", self.slide_id, location, err)
-                self._replace(handle)
-            finally:
-                self._release(handle)
+        handle = self._acquire()
+        try:
+            region = handle.slide.read_region(location, level, size)
+        except openslide.OpenSlideError as err:
+            logger.warning("slide %s: read error at (x, y)=%s (%s); reopening the slide", self.slide_id, location, err)
+            self._replace(handle)
+            region = self._read_on_private_handle(location, level, size)
+        finally:
+            self._release(handle)
         # OpenSlide marks pixels outside the scanned area with alpha 0; put them on
         # white glass. getextrema() runs in C, so intact tiles skip the compositing.
         if region.getchannel("A").getextrema()[0] < 255:
             region = Image.alpha_composite(Image.new("RGBA", region.size, (255, 255, 255, 255)), region)
         return region.convert("RGB")
+
+    def _read_on_private_handle(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        private = self._open()
+        try:
+            return private.read_region(location, level, size)
+        except openslide.OpenSlideError as err:
+            raise SlideReadError(
+                f"slide {self.slide_id}: reading {size} px at level {level}, (x, y)={location} "
+                f"failed twice: {err}; the file is probably corrupt"
+            ) from None
+        finally:
+            private.close()
 
     def read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """Read a region as RGB uint8 (height, width, 3); see `read_image`."""
