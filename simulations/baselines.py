@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
+import math
+import multiprocessing
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from medi_core.artifact import MediSampler
-from medi_core.config import DiffusionConfig, ModelConfig, TrainConfig
+from medi_core.config import DiffusionConfig, ModelConfig, TrainConfig, config_from_dict
 from medi_core.data import PatchDataset, concat_datasets, iterate_batches
-from medi_core.errors import FederationError
+from medi_core.errors import ConfigError, FederationError
 from medi_core.metadata import CLASS_FIELD, SITE_FIELD, CategoricalField, MetadataSpec
 from medi_core.sampling import to_uint8_images
 from medi_core.training import build_trainer
@@ -85,6 +88,15 @@ class BaselineResult:
     manifest: Path
     steps: int
     mean_loss: float  # mean diffusion loss over the training steps
+    train_seconds: float = math.nan  # wall time of the training steps
+
+
+def federated_diffusion_config(sampler_dir: Path) -> DiffusionConfig:
+    """Read the diffusion process (betas, prediction target) of the federation's sampler, for the baselines to match."""
+    config_path = sampler_dir / "config.json"
+    if not config_path.is_file():
+        raise FederationError(f"{config_path} not found; the federated run wrote no sampler")
+    return config_from_dict(DiffusionConfig, json.loads(config_path.read_text())["diffusion"])
 
 
 def train_central(
@@ -96,21 +108,23 @@ def train_central(
     settings: FederationSettings,
     steps: int,
     seed: int,
+    diffusion_config: DiffusionConfig | None = None,
+    progress: bool = True,
 ) -> MediSampler:
     """Train one model on the pooled patches; return it as a sampler holding the EMA weights."""
     train_config = TrainConfig(
         lr=settings.lr, batch_size=settings.batch_size, total_steps=steps,
         mixed_precision=settings.mixed_precision, seed=seed,
     )
-    diffusion_config = DiffusionConfig()
+    diffusion_config = diffusion_config or DiffusionConfig()
     trainer = build_trainer(model_config, spec, train_config, diffusion_config)
     batches = iterate_batches(pooled, spec, train_config.batch_size, generator=torch.Generator().manual_seed(seed))
-    result = trainer.train_steps(batches, steps, progress=True, description=f"train {name}")
+    result = trainer.train_steps(batches, steps, progress=progress, description=f"train {name}")
     logger.info("baseline %s: %d steps on %d pooled patches, mean loss %.4f, %.1f s",
                 name, result.steps, len(pooled), result.mean_loss, result.seconds)
     trainer.ema.copy_to(trainer.model)
     card = {"run_name": name, "sites": "pooled", "steps": steps, "data_counts": len(pooled),
-            "mean_loss": result.mean_loss, "epsilon_per_site": "no differential privacy"}
+            "mean_loss": result.mean_loss, "train_seconds": result.seconds, "epsilon_per_site": "no differential privacy"}
     return MediSampler(trainer.model.eval(), diffusion_config, card, default_steps=settings.sample_steps)
 
 
@@ -123,6 +137,7 @@ def generate_cells(
     seed: int,
     scheduler: str,
     settings: FederationSettings,
+    progress: bool = True,
 ) -> Path:
     """Generate ``counts`` patches per (site, class) into ``out``; return the manifest (readable as a patch source)."""
     conditions, seeds, cells = [], [], []
@@ -135,7 +150,7 @@ def generate_cells(
     out.mkdir(parents=True, exist_ok=True)
     images = sampler.generate(
         conditions, seeds, scheduler=scheduler, num_steps=settings.sample_steps,
-        guidance_scale=settings.guidance_scale, batch_size=settings.sample_batch_size, progress=True,
+        guidance_scale=settings.guidance_scale, batch_size=settings.sample_batch_size, progress=progress,
     )  # (N, 3, H, W) in [-1, 1]
     rows = []
     for (site, cls, index), noise_seed, picture in zip(cells, seeds, to_uint8_images(images), strict=True):
@@ -156,6 +171,34 @@ def _safe(value: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in value) or "_"
 
 
+def train_and_sample(
+    name: str,
+    spec: MetadataSpec,
+    pooled: PatchDataset,
+    counts: CellCounts,
+    out: Path,
+    *,
+    model_config: ModelConfig,
+    settings: FederationSettings,
+    steps: int,
+    seed: int,
+    scheduler: str,
+    threads: int,
+    diffusion_config: DiffusionConfig | None,
+    progress: bool,
+) -> BaselineResult:
+    """Train one baseline, save its sampler to ``out/<name>/sampler`` and generate ``counts`` into ``out/<name>/synthetic``."""
+    with torch_threads(threads):
+        sampler = train_central(name, spec, pooled, model_config=model_config, settings=settings, steps=steps,
+                                seed=seed, diffusion_config=diffusion_config, progress=progress)
+        folder = out / name
+        sampler.save_pretrained(folder / "sampler")
+        manifest = generate_cells(sampler, counts, folder / "synthetic", with_site=name == MEDI_CENTRAL,
+                                  seed=seed, scheduler=scheduler, settings=settings, progress=progress)
+    return BaselineResult(name, folder / "sampler", manifest, steps, float(sampler.card["mean_loss"]),
+                          float(sampler.card["train_seconds"]))
+
+
 def run_baselines(
     names: Sequence[str],
     site_datasets: Mapping[str, PatchDataset],
@@ -169,25 +212,54 @@ def run_baselines(
     seed: int,
     scheduler: str,
     threads: int = 1,
+    workers: int = 1,
+    diffusion_config: DiffusionConfig | None = None,
 ) -> dict[str, BaselineResult]:
-    """Train and sample each named baseline (``cls-only``, ``medi-central``) on the pooled site data."""
-    pooled = concat_datasets(list(site_datasets.values()), image_size=model_config.sample_size)
+    """Train and sample each named baseline (``cls-only``, ``medi-central``) on the pooled site data.
+
+    ``diffusion_config`` should be the federation's (`federated_diffusion_config`),
+    so the baselines learn the same noise schedule and prediction target.
+    With ``workers`` > 1 the baselines train side by side in spawned
+    processes of ``threads`` CPU threads each. Every baseline seeds its own
+    generators, so the weights and patches are the same as one after the other.
+    """
     unknown = [name for name in names if name not in (CLASS_ONLY, MEDI_CENTRAL)]
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; expected {CLASS_ONLY!r} or {MEDI_CENTRAL!r}")
-    results: dict[str, BaselineResult] = {}
-    with torch_threads(threads):
-        for name in names:
-            spec = class_only_spec(federated_spec) if name == CLASS_ONLY else federated_spec
-            sampler = train_central(name, spec, pooled, model_config=model_config, settings=settings, steps=steps, seed=seed)
-            folder = out / name
-            sampler.save_pretrained(folder / "sampler")
-            manifest = generate_cells(sampler, counts, folder / "synthetic", with_site=name == MEDI_CENTRAL,
-                                      seed=seed, scheduler=scheduler, settings=settings)
-            logger.info("baseline %s: sampler in %s, %d synthetic patches", name, folder / "sampler",
-                        sum(sum(c.values()) for c in counts.values()))
-            results[name] = BaselineResult(name, folder / "sampler", manifest, steps, float(sampler.card["mean_loss"]))
+    if workers < 1:
+        raise ConfigError(f"baselines.workers must be >= 1, got {workers}")
+    pooled = concat_datasets(list(site_datasets.values()), image_size=model_config.sample_size)
+    parallel = workers > 1 and len(names) > 1
+    jobs = {
+        name: functools.partial(
+            train_and_sample, name, class_only_spec(federated_spec) if name == CLASS_ONLY else federated_spec,
+            pooled, counts, out, model_config=model_config, settings=settings, steps=steps, seed=seed,
+            scheduler=scheduler, threads=threads, diffusion_config=diffusion_config,
+            progress=not parallel,  # progress bars of several processes would garble one terminal
+        )
+        for name in names
+    }
+    if parallel:
+        logger.info("training baselines %s in %d processes", list(names), min(workers, len(names)))
+        results = _run_in_processes(jobs, min(workers, len(names)))
+    else:
+        results = {name: job() for name, job in jobs.items()}
+    written = sum(sum(per_class.values()) for per_class in counts.values())
+    for result in results.values():
+        logger.info("baseline %s: %d steps on %d pooled patches, mean loss %.4f, %.1f s; sampler in %s, %d synthetic patches",
+                    result.name, result.steps, len(pooled), result.mean_loss, result.train_seconds, result.sampler_dir, written)
     return results
+
+
+def _run_in_processes(jobs: Mapping[str, Callable[[], BaselineResult]], workers: int) -> dict[str, BaselineResult]:
+    """Run each job in a spawned process; an error or Ctrl-C in any of them terminates all.
+
+    Spawn, not fork: a forked child of a process whose torch thread pools are
+    running can deadlock.
+    """
+    with multiprocessing.get_context("spawn").Pool(processes=workers) as pool:  # __exit__ terminates the workers
+        pending = {name: pool.apply_async(job) for name, job in jobs.items()}
+        return {name: result.get() for name, result in pending.items()}
 
 
 @contextlib.contextmanager
@@ -210,8 +282,10 @@ __all__ = [
     "BaselineResult",
     "cell_seed",
     "class_only_spec",
+    "federated_diffusion_config",
     "generate_cells",
     "run_baselines",
+    "train_and_sample",
     "synthesis_counts",
     "train_central",
 ]

@@ -23,11 +23,18 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from medi_core.config import model_preset
+from medi_core.config import DiffusionConfig, model_preset
 from medi_core.errors import ConfigError
 from medi_core.metadata import MetadataSpec
 from medi_server.settings import FederationSettings
-from medi_sim.baselines import CLASS_ONLY, MEDI_CENTRAL, MEDI_FEDERATED, run_baselines, synthesis_counts
+from medi_sim.baselines import (
+    CLASS_ONLY,
+    MEDI_CENTRAL,
+    MEDI_FEDERATED,
+    federated_diffusion_config,
+    run_baselines,
+    synthesis_counts,
+)
 from medi_sim.config import SimConfig
 from medi_sim.engine import run_simulated_federation
 from medi_sim.experiment import (
@@ -94,7 +101,14 @@ def baseline_steps(config: SimConfig, num_sites: int) -> int:
     return config.federation.num_server_rounds * config.federation.local_steps * num_sites
 
 
-def describe(config: SimConfig, split: SiteSplit, settings: FederationSettings, encoder: str, steps: int) -> list[str]:
+def describe(
+    config: SimConfig,
+    split: SiteSplit,
+    settings: FederationSettings,
+    encoder: str,
+    steps: int,
+    diffusion: DiffusionConfig,
+) -> list[str]:
     """Return the report's opening lines: data, sites, model, federation, privacy, encoder."""
     train = split.counts[split.counts["split"] == "train"]
     per_site = ", ".join(f"{site} ({int(part['count'].sum())})" for site, part in train.groupby("site", sort=False))
@@ -108,13 +122,16 @@ def describe(config: SimConfig, split: SiteSplit, settings: FederationSettings, 
         f"Training sites (patches): {per_site}. Held-out TSS codes: {', '.join(sorted(set(holdout['site'])))} "
         f"({int(holdout['count'].sum())} patches, never used for training).",
         f"Model: {config.model.preset} preset, {config.model.sample_size} px. Federation: {settings.num_server_rounds} rounds "
-        f"x {settings.local_steps} local steps, batch {settings.batch_size}, {settings.strategy}, {epsilon}.",
+        f"x {settings.local_steps} local steps, batch {settings.batch_size}, lr {settings.lr:g}, {settings.strategy}, {epsilon}. "
+        f"Diffusion: {diffusion.num_train_timesteps} steps, {diffusion.beta_schedule} betas, "
+        f"{diffusion.prediction_type} prediction.",
         f"Synthesis: balance policy {settings.balance_policy!r}, at most {settings.max_synthetic_per_cell or 'any number of'} "
         f"patches per (site, class), DDIM {settings.sample_steps} steps. Central baselines: {steps} optimiser steps each "
         "on the pooled training patches.",
         f"Downstream encoder: {encoder}; probes: class-balanced logistic regression, seeds {list(config.evaluation.seeds)}.",
-        "Scale: with the quick presets the diffusion models train for a few dozen steps, so their patches show colour "
-        "and coarse texture only; the run checks the whole pipeline, and meaningful numbers need more rounds.",
+        f"Scale: {settings.num_server_rounds * settings.local_steps} optimiser steps per site and {steps} per baseline. "
+        "Runs of this length check the pipeline; their differences between configurations are not evidence for or "
+        "against MeDi, which needs many more rounds (see the sample grids for what the models learned).",
     ]
 
 
@@ -148,12 +165,14 @@ def _run_stages(config: SimConfig, run_dir: Path, *, progress: bool) -> Path:
     _start(stages, 2)
     counts = synthesis_counts(run_dir / "federation" / "report.json")
     spec = MetadataSpec.from_json((run_dir / "federation" / "metadata_spec.json").read_text())
+    diffusion = federated_diffusion_config(run_dir / "federation" / "sampler")
     names = [n for n, on in ((CLASS_ONLY, config.baselines.class_only), (MEDI_CENTRAL, config.baselines.central)) if on]
     steps = baseline_steps(config, len(split.sites))
     site_datasets = {site: open_manifest(path, image_size=size) for site, path in split.manifests.items()}
     baselines = run_baselines(names, site_datasets, counts, run_dir / "baselines", federated_spec=spec,
                               model_config=config.model, settings=settings, steps=steps, seed=config.seed,
-                              scheduler=config.baselines.scheduler, threads=config.baselines.torch_threads)
+                              scheduler=config.baselines.scheduler, threads=config.baselines.torch_threads,
+                              workers=config.baselines.workers, diffusion_config=diffusion)
     stages.update()
 
     _start(stages, 3)
@@ -181,7 +200,7 @@ def _run_stages(config: SimConfig, run_dir: Path, *, progress: bool) -> Path:
         config=OmegaConf.to_container(OmegaConf.structured(config)),
         metrics=run_dir / "federation" / "metrics" / "sites.jsonl",
         samples=samples,
-        description=describe(config, split, settings, tables.encoder, steps),
+        description=describe(config, split, settings, tables.encoder, steps, diffusion),
         synthesis_table=synthesis_rows({name: cell_counts(p) for name, p in synthetic.items()}),
         requested_cells=requested,
         grid_per_cell=config.evaluation.grid_per_cell,

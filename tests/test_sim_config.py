@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from medi_core.errors import ConfigError
 from medi_core.evaluation.encoders import EncoderConfig
-from medi_sim.config import EncoderSimConfig, SimConfig, register_configs
+from medi_sim.config import QUICK_LR, EncoderSimConfig, SimConfig, register_configs
 from medi_sim.pipeline import baseline_steps, check_config, federation_settings
 from medi_sim.sites import SiteSplit
 from medi_sim.tcga_split import plan_sites
@@ -36,8 +36,11 @@ def test_defaults_brca_split_by_tss() -> None:
 def test_defaults_quick_federation() -> None:
     config = compose_config()
     assert config.model.preset == "tiny"
-    assert config.federation.num_server_rounds == 2
-    assert config.federation.sample_steps <= 20
+    assert config.federation.num_server_rounds == 10
+    assert config.federation.local_steps == 10
+    assert config.federation.lr == QUICK_LR
+    assert config.federation.sample_steps == 20
+    assert config.baselines.workers == 2
     assert config.evaluation.encoder.kind == "cnn"
 
 
@@ -108,8 +111,8 @@ def test_federation_settings_lowers_min_clients(tmp_path: Path) -> None:
 
 
 def test_baseline_steps_match_federation_total() -> None:
-    # 2 rounds x 3 local steps x 4 sites = 24 optimiser steps.
-    assert baseline_steps(compose_config(), 4) == 24
+    # 10 rounds x 10 local steps x 4 sites = 400 optimiser steps.
+    assert baseline_steps(compose_config(), 4) == 400
 
 
 def test_baseline_steps_explicit() -> None:
