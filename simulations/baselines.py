@@ -257,9 +257,17 @@ def _run_in_processes(jobs: Mapping[str, Callable[[], BaselineResult]], workers:
     Spawn, not fork: a forked child of a process whose torch thread pools are
     running can deadlock.
     """
-    with multiprocessing.get_context("spawn").Pool(processes=workers) as pool:  # __exit__ terminates the workers
+    pool = multiprocessing.get_context("spawn").Pool(processes=workers)
+    try:
         pending = {name: pool.apply_async(job) for name, job in jobs.items()}
-        return {name: result.get() for name, result in pending.items()}
+        results = {name: result.get() for name, result in pending.items()}
+        pool.close()  # every job is done: let the workers exit on their own
+        return results
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 @contextlib.contextmanager
