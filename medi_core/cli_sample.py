@@ -110,8 +110,8 @@ def run(args: argparse.Namespace) -> Path:
     try:
         triples = conditions_from_args(args, strict)
     except MetadataError as err:
-        # Held-out sites are a common cause: the sampler only knows the sites it was trained on.
-        raise MetadataError(f"{err} (the sampler in {args.sampler} knows only the values it was trained on; see its README.md)") from err
+        # Held-out sites are a common cause: the sampler contains only the sites it was trained on.
+        raise MetadataError(f"{err} (the sampler in {args.sampler} accepts only the values it was trained on; see its README.md)") from err
     rows, all_conditions, all_seeds = [], [], []
     for condition, n, seed in triples:
         all_conditions += [condition] * n

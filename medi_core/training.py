@@ -35,7 +35,7 @@ Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]  # x (B, 3, H, W) in [-1, 1
 
 @dataclass
 class TrainResult:
-    """What one call of `Trainer.train_steps` did."""
+    """Summary of one call of `Trainer.train_steps`."""
 
     steps: int
     examples: int
@@ -49,7 +49,7 @@ def default_device() -> torch.device:
 
 
 def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a setting on a device; None means full fp32."""
+    """Return the autocast dtype for a setting on a device; None means full fp32."""
     if device.type != "cuda" or mixed_precision == "no":
         return None
     if mixed_precision == "fp16":
@@ -76,8 +76,8 @@ class Trainer:
         self.spec: MetadataSpec = model.spec
         self.model_config: ModelConfig = model.config
         self.model = model.to(self.device)
-        # channels-last helps cuDNN convolutions; on the CPU it measured slower here (tiny preset,
-        # batch 16: 4.5 s vs 3.4 s per step on a loaded 2-core machine), so it applies to CUDA only.
+        # channels-last helps cuDNN convolutions. On the CPU it measured slower (tiny preset, batch 16:
+        # 4.5 s vs 3.4 s per step on a loaded 2-core machine), so it applies to CUDA only.
         self.channels_last = config.channels_last and self.device.type == "cuda"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
