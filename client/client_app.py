@@ -14,11 +14,11 @@ import logging
 import sys
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from medi_core import protocol as P
-from medi_core import transfer
+from medi_core import transfer, wire
 from medi_core.data import metadata_counts
 from medi_core.errors import PrivacyBudgetExceeded
 from medi_core.site_summary import summarize_counts
@@ -46,11 +46,12 @@ def _setup_logging() -> None:
 
 
 def _arrays(message: Message) -> dict[str, np.ndarray]:
-    return transfer.decode({name: a.numpy() for name, a in message.content.array_records[P.ARRAYS].items()})
+    """Read-only views of the received weights, in the transfer precision they came in."""
+    return wire.from_record(message.content.array_records[P.ARRAYS])
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
+    return wire.to_record(arrays)
 
 
 @app.query(P.SUMMARY_ACTION)

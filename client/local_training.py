@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.serialization import config as torch_serialization
 
 from medi_core import protocol as P
 from medi_core import transfer
@@ -54,12 +55,12 @@ def configs_from_round(config: Mapping[str, Any]) -> tuple[ModelConfig, Diffusio
 def model_from_weights(
     model_config: ModelConfig, spec: MetadataSpec, weights: Mapping[str, np.ndarray], *, site: str
 ) -> MediUNet:
-    """Build the model straight from received fp32 arrays; the names and shapes must match exactly.
+    """Build the fp32 model straight from received fp32 or fp16 arrays; the names and shapes must match exactly.
 
     The arrays are copied, because training changes the model in place and the
     received weights are still needed to form the delta.
     """
-    state = {name: torch.tensor(np.asarray(value, dtype=np.float32)) for name, value in weights.items()}
+    state = transfer.to_fp32_tensors(weights)
     try:
         return build_model(model_config, spec, weights=state)
     except RuntimeError as err:
@@ -73,7 +74,9 @@ def _restore_trainer_state(trainer: Trainer, path: Path, *, site: str) -> None:
     if not path.is_file():
         return
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # Mapped, not read: AdamW's two moments are twice the model (3.1 GiB for medi-paper), and the
+        # optimiser copies each page on its first update anyway.
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
         trainer.generator.set_state(state["generator"])
@@ -86,15 +89,21 @@ def _restore_trainer_state(trainer: Trainer, path: Path, *, site: str) -> None:
 def _save_trainer_state(trainer: Trainer, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "optimizer": trainer.optimizer.state_dict(),
-            "lr_scheduler": trainer.lr_scheduler.state_dict(),
-            "generator": trainer.generator.get_state(),
-            "step": trainer.step,
-        },
-        tmp,
-    )
+    state = {
+        "optimizer": trainer.optimizer.state_dict(),
+        "lr_scheduler": trainer.lr_scheduler.state_dict(),
+        "generator": trainer.generator.get_state(),
+        "step": trainer.step,
+    }
+    # The zip checksum more than doubled the save time of medi-paper's moments (8.3 s against 3.1 s
+    # for 3.1 GiB). The file never leaves the site and is replaced atomically, so it goes unchecked.
+    save_config = torch_serialization.save
+    checksum = save_config.compute_crc32
+    save_config.compute_crc32 = False
+    try:
+        torch.save(state, tmp)
+    finally:
+        save_config.compute_crc32 = checksum
     tmp.replace(path)
 
 
@@ -176,8 +185,7 @@ def train_round(
         raise NonFiniteError(f"site {site.site_id}, round {server_round}: {err}") from err
     _save_trainer_state(trainer, state_path)
 
-    local = transfer.state_to_numpy(trainer.model.state_dict())
-    delta = transfer.weight_delta(local, global_weights)
+    delta = transfer.subtract_in_place(trainer.model.state_dict(), global_weights)  # the model is spent now
     metrics = {
         P.NUM_EXAMPLES: float(len(dataset)),  # FedAvg weights sites by their number of patches
         # Under DP the loss is computed on private data without noise, outside the guarantee: not sent.

@@ -1,11 +1,16 @@
 """What happens to client replies before and after Flower's strategy averages them.
 
-1. `screen_replies` decodes each reply's weight delta to fp32, rejects it
-   with a logged reason (site, round) when it has no delta, a non-finite value
-   or an L2 norm above the configured bound, and turns accepted deltas back
-   into full fp32 weights (``w_global + delta``) so Flower's FedAvg, FedProx
-   and FedAdam aggregate them unchanged.
-2. `GlobalEMA` keeps the exponential moving average of the global weights
+1. `screen_replies` reads each reply's weight delta, rejects it with a
+   logged reason (site, round) when it has no delta, a non-finite value or
+   an L2 norm above the configured bound.
+2. `aggregate_updates` forms the new global weights. For FedAvg and FedProx
+   it adds the example-weighted mean of the deltas to the global weights,
+   which is what Flower's FedAvg computes from full weights
+   (``sum_i p_i (w + d_i) = w + sum_i p_i d_i`` with ``sum_i p_i = 1``) without
+   rebuilding and re-serialising a full copy of the model per site. FedAdam
+   keeps server moments, so it gets full weights (``w + d_i``) and runs
+   Flower's own code. A test checks both paths against Flower's FedAvg.
+3. `GlobalEMA` keeps the exponential moving average of the global weights
    over rounds; the sampler and the sample grids use it.
 """
 
@@ -16,20 +21,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
 
 from medi_core import protocol as P
-from medi_core import transfer
+from medi_core import transfer, wire
 
 logger = logging.getLogger(__name__)
 
 
 def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {name: array.numpy() for name, array in record.items()}
+    """Return read-only views of a record's arrays (`medi_core.wire.from_record`)."""
+    return wire.from_record(record)
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
+    return wire.to_record(arrays)
 
 
 @dataclass
@@ -53,7 +61,7 @@ def screen_replies(
     sites: Mapping[int, str],
     max_update_norm: float,
 ) -> tuple[list[Message], list[ReplyOutcome]]:
-    """Check every reply of a round; return the accepted ones (content replaced by full fp32 weights) and all outcomes."""
+    """Check every reply of a round; return the accepted ones (content unchanged: deltas) and all outcomes."""
     accepted: list[Message] = []
     outcomes: list[ReplyOutcome] = []
     for msg in replies:
@@ -87,8 +95,6 @@ def screen_replies(
             outcome.reason = f"{P.NUM_EXAMPLES} must be > 0, got {outcome.metrics.get(P.NUM_EXAMPLES)}"
             logger.warning("round %d: rejected the update of site %s: %s", server_round, site, outcome.reason)
             continue
-        weights = transfer.apply_delta(global_weights, transfer.decode(to_numpy(record)))
-        msg.content = RecordDict({P.ARRAYS: to_record(weights), P.METRICS: MetricRecord(dict(content.metric_records[P.METRICS]))})
         outcome.accepted = True
         accepted.append(msg)
     return accepted, outcomes
@@ -98,7 +104,7 @@ def _rejection_reason(
     record: ArrayRecord, global_weights: Mapping[str, np.ndarray], max_update_norm: float, outcome: ReplyOutcome
 ) -> str:
     try:
-        delta = transfer.decode(to_numpy(record))
+        delta = to_numpy(record)
         transfer.check_same_layout(delta, global_weights, what="weight delta")
     except (ValueError, TypeError) as err:
         return str(err)
@@ -109,6 +115,32 @@ def _rejection_reason(
     if max_update_norm > 0 and outcome.norm > max_update_norm:
         return f"update norm {outcome.norm:.4g} exceeds max-update-norm {max_update_norm:.4g}"
     return ""
+
+
+def aggregate_updates(
+    strategy: Strategy, server_round: int, accepted: list[Message], global_weights: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Return the new fp32 global weights formed from the accepted replies of `screen_replies`."""
+    if not accepted:
+        raise ValueError(f"round {server_round}: no accepted update to aggregate")
+    deltas = [to_numpy(m.content.array_records[P.ARRAYS]) for m in accepted]
+    if type(strategy) in (FedAvg, FedProx):
+        examples = [float(m.content.metric_records[P.METRICS][P.NUM_EXAMPLES]) for m in accepted]
+        total = sum(examples)
+        new = transfer.weighted_sum(deltas, [n / total for n in examples])
+        with torch.no_grad():
+            for name, value in new.items():
+                torch.from_numpy(value).add_(transfer.as_tensor(global_weights[name]))
+        return new
+    for message, delta in zip(accepted, deltas, strict=True):
+        # The deltas stay readable: their views keep the replaced record's bytes alive.
+        weights = transfer.apply_delta(global_weights, delta)
+        metrics = MetricRecord(dict(message.content.metric_records[P.METRICS]))
+        message.content = RecordDict({P.ARRAYS: to_record(weights), P.METRICS: metrics})
+    aggregated, _ = strategy.aggregate_train(server_round, accepted)
+    if aggregated is None:
+        raise ValueError(f"round {server_round}: strategy {type(strategy).__name__} returned no weights")
+    return transfer.decode(to_numpy(aggregated))
 
 
 class GlobalEMA:
@@ -130,8 +162,7 @@ class GlobalEMA:
 
     def update(self, weights: Mapping[str, np.ndarray]) -> None:
         d = self.current_decay()
-        for name, value in weights.items():
-            shadow = self.shadow[name]
-            shadow *= d
-            shadow += (1.0 - d) * value.astype(np.float32, copy=False)
+        with torch.no_grad():
+            for name, value in weights.items():
+                torch.from_numpy(self.shadow[name]).mul_(d).add_(transfer.as_tensor(value), alpha=1.0 - d)
         self.num_updates += 1

@@ -41,7 +41,7 @@ from medi_core.errors import FederationError
 from medi_core.metadata import SITE_FIELD, MetadataSpec
 from medi_core.model import build_model
 from medi_server import checkpoint as ckpt
-from medi_server.aggregation import GlobalEMA, screen_replies, to_numpy, to_record
+from medi_server.aggregation import GlobalEMA, aggregate_updates, screen_replies, to_record
 from medi_server.handshake import SiteInfo, admit_late_site, build_spec, request_summaries
 from medi_server.metrics import MetricsLog
 from medi_server.run_logging import attach_run_log
@@ -210,14 +210,16 @@ class Federation:
         started = time.perf_counter()
         self.admit_new_nodes(server_round)
         messages, bytes_sent = self._train_messages(server_round)
+        sent = time.perf_counter()
         replies = list(self.grid.send_and_receive(messages, timeout=self.settings.round_timeout))
+        received = time.perf_counter()
         accepted, outcomes = self._screen(server_round, messages, replies)
-
-        aggregated, _ = self.strategy.aggregate_train(server_round, accepted)
-        if aggregated is None:
-            raise FederationError(f"round {server_round}: the strategy returned no weights")
-        self.global_weights = transfer.decode(to_numpy(aggregated))
+        try:
+            self.global_weights = aggregate_updates(self.strategy, server_round, accepted, self.global_weights)
+        except ValueError as err:
+            raise FederationError(str(err)) from err
         self.ema.update(self.global_weights)
+        aggregated = time.perf_counter()
         self.completed_round = server_round
         for o in outcomes:
             if P.EPSILON in o.metrics:
@@ -225,7 +227,9 @@ class Federation:
                 self.delta[o.site] = o.metrics.get(P.EPSILON_DELTA, float("nan"))
 
         self._save(server_round)
-        self._log_round(server_round, outcomes, bytes_sent, time.perf_counter() - started)
+        phases = {"prepare_seconds": sent - started, "exchange_seconds": received - sent,
+                  "aggregate_seconds": aggregated - received, "checkpoint_seconds": time.perf_counter() - aggregated}
+        self._log_round(server_round, outcomes, bytes_sent, time.perf_counter() - started, phases)
         if self.settings.grid_every and server_round % self.settings.grid_every == 0:
             self.sample_grid(self.run_dir / "samples" / f"round-{server_round:04d}.png")
 
@@ -285,7 +289,9 @@ class Federation:
             keep=self.settings.keep_checkpoints,
         )
 
-    def _log_round(self, server_round: int, outcomes: list, bytes_sent: int, round_seconds: float) -> None:
+    def _log_round(
+        self, server_round: int, outcomes: list, bytes_sent: int, round_seconds: float, phases: dict[str, float]
+    ) -> None:
         accepted = [o for o in outcomes if o.accepted]
         for o in outcomes:
             self.metrics.log_site({
@@ -297,7 +303,7 @@ class Federation:
             })
         slowest = max((o.metrics.get(P.TRAIN_SECONDS, 0.0) for o in accepted), default=0.0)
         self.metrics.log_round({
-            "round": server_round, "round_seconds": round_seconds, "slowest_train_seconds": slowest,
+            "round": server_round, "round_seconds": round_seconds, "slowest_train_seconds": slowest, **phases,
             "bytes_sent": bytes_sent * len(outcomes), "bytes_received": sum(o.bytes_received for o in outcomes),
             "accepted": len(accepted), "rejected": len(outcomes) - len(accepted),
             "mean_loss": float(np.mean([o.metrics.get(P.TRAIN_LOSS, np.nan) for o in accepted])),

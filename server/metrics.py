@@ -2,8 +2,8 @@
 
 Files under ``RUN_DIR/metrics/``: ``sites.jsonl`` and ``sites.csv`` (loss,
 examples, wall time, bytes sent and received, accepted or rejected with the
-reason), ``rounds.jsonl`` (round wall time, slowest local training, bytes,
-accepted sites), and ``loss.png``, ``bytes.png``, ``time.png``.
+reason), ``rounds.jsonl`` (round wall time and its phases, slowest local
+training, bytes, accepted sites), and ``loss.png``, ``bytes.png``, ``time.png``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from medi_core import protocol as P
 from medi_core import transfer
-from medi_server.aggregation import GlobalEMA, screen_replies, to_numpy, to_record
+from medi_server.aggregation import GlobalEMA, aggregate_updates, screen_replies, to_numpy, to_record
 from medi_server.settings import FederationSettings
 from medi_server.strategy import build_strategy, load_strategy_state, strategy_state
 
@@ -40,9 +40,43 @@ def screen(replies, max_norm=0.0, server_round=3):
 def test_fedavg_weights_by_examples():
     accepted, _ = screen([reply(1, [4, 0], examples=1), reply(2, [0, 8], examples=3)])
     strategy = build_strategy(FederationSettings(strategy="fedavg"))
-    arrays, _ = strategy.aggregate_train(1, accepted)
     # (1 * [4, 0] + 3 * [0, 8]) / 4 = [1, 6]
-    np.testing.assert_allclose(to_numpy(arrays)["w"], [1.0, 6.0])
+    np.testing.assert_allclose(aggregate_updates(strategy, 1, accepted, GLOBAL)["w"], [1.0, 6.0])
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox"])
+def test_delta_mean_equals_flower_fedavg_on_full_weights(name):
+    """The fast path (mean delta added to w) against Flower's own FedAvg over w + delta_i."""
+    rng = np.random.default_rng(1)
+    global_weights = {"a": rng.normal(size=(8, 3)).astype(np.float32), "b": rng.normal(size=5).astype(np.float32)}
+    deltas = [{k: rng.normal(0, 1e-2, v.shape).astype(np.float32) for k, v in global_weights.items()} for _ in range(3)]
+    examples = [5.0, 1.0, 12.0]
+    replies = []
+    for node, (delta, n) in enumerate(zip(deltas, examples, strict=True), start=1):
+        instruction = Message(RecordDict({P.CONFIG: ConfigRecord({})}), dst_node_id=node, message_type=P.MSG_TRAIN)
+        content = RecordDict({P.ARRAYS: to_record(delta), P.METRICS: MetricRecord({P.NUM_EXAMPLES: n})})
+        replies.append(Message(content, reply_to=instruction))
+    accepted, _ = screen_replies(replies, global_weights=global_weights, server_round=1, sites=SITES, max_update_norm=0)
+    ours = aggregate_updates(build_strategy(FederationSettings(strategy=name)), 1, accepted, global_weights)
+
+    full = []
+    for message, delta in zip(replies, deltas, strict=True):
+        weights = {k: global_weights[k] + delta[k] for k in global_weights}
+        full.append(Message(RecordDict({P.ARRAYS: to_record(weights), P.METRICS: message.content.metric_records[P.METRICS]}),
+                            reply_to=Message(RecordDict({}), dst_node_id=message.metadata.src_node_id, message_type=P.MSG_TRAIN)))
+    flower, _ = build_strategy(FederationSettings(strategy=name)).aggregate_train(1, full)
+    for key, value in to_numpy(flower).items():
+        np.testing.assert_allclose(ours[key], value, rtol=0, atol=1e-6)
+    assert not np.array_equal(ours["a"], global_weights["a"])
+
+
+def test_aggregate_keeps_global_weights_unchanged():
+    global_weights = {"w": np.array([1.0, 2.0], dtype=np.float32)}
+    accepted, _ = screen_replies([reply(1, [1, 1])], global_weights=global_weights, server_round=1, sites=SITES,
+                                 max_update_norm=0)
+    new = aggregate_updates(build_strategy(FederationSettings()), 1, accepted, global_weights)
+    np.testing.assert_array_equal(new["w"], [2.0, 3.0])
+    np.testing.assert_array_equal(global_weights["w"], [1.0, 2.0])
 
 
 def test_screen_rejects_nan_update(caplog):
@@ -85,8 +119,8 @@ def test_fp16_transfer_aggregate_error_bound():
     replies = [reply(n, transfer.encode({"w": d}, "float16")["w"].tolist(), dtype=np.float16) for n, d in zip((1, 2, 3), deltas, strict=True)]
     global_weights = {"w": np.zeros(1000, dtype=np.float32)}
     accepted, _ = screen_replies(replies, global_weights=global_weights, server_round=1, sites=SITES, max_update_norm=0)
-    arrays, _ = build_strategy(FederationSettings()).aggregate_train(1, accepted)
-    error = np.abs(to_numpy(arrays)["w"] - exact).max()
+    aggregated = aggregate_updates(build_strategy(FederationSettings()), 1, accepted, global_weights)
+    error = np.abs(aggregated["w"] - exact).max()
     assert error <= 2**-11 * np.abs(deltas).max()  # fp16 keeps 11 significant bits
 
 
@@ -102,7 +136,8 @@ def test_fedadam_state_round_trip():
     strategy = build_strategy(FederationSettings(strategy="fedadam"))
     strategy.current_arrays = {"w": np.zeros(2, dtype=np.float32)}
     accepted, _ = screen([reply(1, [1, 1]), reply(2, [1, 1])])
-    strategy.aggregate_train(1, accepted)
+    new = aggregate_updates(strategy, 1, accepted, GLOBAL)
+    assert np.all(new["w"] > 0)  # FedAdam moves along the mean delta
     saved = strategy_state(strategy)
     fresh = build_strategy(FederationSettings(strategy="fedadam"))
     load_strategy_state(fresh, saved)

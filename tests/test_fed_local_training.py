@@ -8,7 +8,7 @@ import torch
 
 import medi_core.training
 from fed_data import round_config, write_site_manifests
-from medi_client.local_training import model_from_weights, train_round
+from medi_client.local_training import TRAINER_STATE, model_from_weights, train_round
 from medi_client.memorisation import holdout_size, open_site_split, split_holdout
 from medi_client.site import SiteConfig, open_site_data
 from medi_core import protocol as P
@@ -174,3 +174,29 @@ def test_private_round_trains_on_training_split_only(site_ol, tmp_path, monkeypa
     assert set(loaded) == _paths(train)
     assert not set(loaded) & _paths(holdout)
     assert metrics[P.EPSILON_DELTA] == pytest.approx(0.1 / 4)
+
+
+# -- optimiser state between rounds -------------------------------------------------------------------
+
+
+def test_trainer_state_carries_over_rounds(site_ol, tmp_path, caplog):
+    site = SiteConfig(data_path=site_ol.data_path, site_id="OL", output_dir=tmp_path)
+    spec, weights = _tiny_weights(site)
+    state_path = site.state_dir("carry") / TRAINER_STATE
+    delta1, _ = train_round(site, weights, round_config(spec, batch_size=2, local_steps=2, run_name="carry"))
+    first = torch.load(state_path, map_location="cpu", weights_only=False)
+    assert first["step"] == 2
+    moments = first["optimizer"]["state"]
+    assert moments and all(float(s["exp_avg_sq"].abs().sum()) > 0 for s in moments.values())
+
+    # Round 2 starts from round 1's moments (mapped from disk) and continues the schedule.
+    weights2 = transfer.apply_delta(weights, delta1)
+    train_round(site, weights2, round_config(spec, batch_size=2, local_steps=2, server_round=2, run_name="carry"))
+    second = torch.load(state_path, map_location="cpu", weights_only=False)
+    assert second["step"] == 4
+    assert second["lr_scheduler"]["last_epoch"] == 4
+
+    state_path.write_bytes(b"not a torch file")
+    with caplog.at_level("WARNING", logger="medi_client.local_training"):
+        train_round(site, weights2, round_config(spec, batch_size=2, local_steps=1, server_round=3, run_name="carry"))
+    assert "local trainer state" in caplog.text and "unreadable" in caplog.text
