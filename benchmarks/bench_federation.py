@@ -70,7 +70,13 @@ def loopback_rounds(root: Path, args: argparse.Namespace, precision: str) -> lis
         federation.stop()
     if code != 0:
         raise RuntimeError(f"loopback run failed with code {code}; logs in {root}")
-    rows = [json.loads(line) for line in (federation.run_dir / "metrics" / "rounds.jsonl").read_text().splitlines()]
+    metrics = federation.run_dir / "metrics"
+    rows = [json.loads(line) for line in (metrics / "rounds.jsonl").read_text().splitlines()]
+    site_rows = [json.loads(line) for line in (metrics / "sites.jsonl").read_text().splitlines()]
+    for row in rows:
+        # The handler's own time at the slowest site: data, model build, training, trainer state and delta.
+        handlers = [s["handler_seconds"] for s in site_rows if s["round"] == row["round"] and s["accepted"]]
+        row["slowest_handler_seconds"] = max(handlers, default=float("nan"))
     logger.info("%s %s: %d rounds in %.0f s (whole run, start-up included)", args.preset, precision, len(rows),
                 time.perf_counter() - started)
     return rows
@@ -103,10 +109,14 @@ def aggregate_effect(root: Path, args: argparse.Namespace) -> dict:
 
 
 def summarise(rows: list[dict], local_steps: int) -> dict:
-    """Overhead per round, plus the local steps a round needs for overhead <= 10 % at the measured step time.
+    """Overhead per round and where it goes, plus the local steps a round needs for overhead <= 10 %.
 
     With a fixed federation cost F per round and t seconds per local step,
-    overhead = F / (F + n t) <= 0.1 holds for n >= 9 F / t.
+    overhead = F / (F + n t) <= 0.1 holds for n >= 9 F / t. The fixed cost
+    splits into the server's phases (prepare the broadcast, aggregate,
+    checkpoint), the site handler's work outside training, and the rest of
+    the exchange: moving the weights through the SuperLink both ways and
+    starting the ClientApp process.
     """
     overheads = [(r["round_seconds"] - r["slowest_train_seconds"]) / r["round_seconds"] for r in rows]
     fixed = [r["round_seconds"] - r["slowest_train_seconds"] for r in rows]
@@ -121,7 +131,24 @@ def summarise(rows: list[dict], local_steps: int) -> dict:
         "seconds_per_local_step": round(step_seconds, 2),
         "local_steps_for_10_percent": int(np.ceil(9 * np.mean(fixed) / step_seconds)),
         "mib_sent_per_round_all_sites": round(rows[0]["bytes_sent"] / 2**20, 2),
+        "fixed_cost_parts_seconds": _fixed_cost_parts(rows),
         "mib_received_per_round_all_sites": round(rows[0]["bytes_received"] / 2**20, 2),
+    }
+
+
+def _fixed_cost_parts(rows: list[dict]) -> dict[str, float]:
+    """Mean seconds per round of each part of the fixed cost (rounds logged without phases give NaN)."""
+    def mean(values):
+        return round(float(np.mean(values)), 2)
+
+    nan = float("nan")
+    return {
+        "server_prepare": mean([r.get("prepare_seconds", nan) for r in rows]),
+        "server_aggregate": mean([r.get("aggregate_seconds", nan) for r in rows]),
+        "server_checkpoint": mean([r.get("checkpoint_seconds", nan) for r in rows]),
+        "site_handler_outside_training": mean([r["slowest_handler_seconds"] - r["slowest_train_seconds"] for r in rows]),
+        "transport_and_clientapp_start": mean(
+            [r.get("exchange_seconds", nan) - r["slowest_handler_seconds"] for r in rows]),
     }
 
 

@@ -21,6 +21,9 @@ def flower_environment(flwr_home: Path | None = None, base: Mapping[str, str] | 
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    # SuperExec checks for a new task every second by default. A task is one ServerApp run or one
+    # ClientApp message, so a 0.2 s poll starts each a little sooner for one cheap local request.
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)
     # Flower starts flwr-serverapp / flwr-clientapp by name: find them next to this Python first.

@@ -43,6 +43,7 @@ from medi_core.model import build_model
 from medi_server import checkpoint as ckpt
 from medi_server.aggregation import GlobalEMA, aggregate_updates, screen_replies, to_record
 from medi_server.handshake import SiteInfo, admit_late_site, build_spec, request_summaries
+from medi_server.messaging import send_and_receive
 from medi_server.metrics import MetricsLog
 from medi_server.run_logging import attach_run_log
 from medi_server.sampler_output import update_card, write_sample_grid, write_sampler
@@ -211,7 +212,7 @@ class Federation:
         self.admit_new_nodes(server_round)
         messages, bytes_sent = self._train_messages(server_round)
         sent = time.perf_counter()
-        replies = list(self.grid.send_and_receive(messages, timeout=self.settings.round_timeout))
+        replies = send_and_receive(self.grid, messages, timeout=self.settings.round_timeout)
         received = time.perf_counter()
         accepted, outcomes = self._screen(server_round, messages, replies)
         try:

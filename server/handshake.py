@@ -21,6 +21,7 @@ from medi_core import protocol as P
 from medi_core.errors import FederationError, MetadataError
 from medi_core.metadata import MetadataSpec
 from medi_core.site_summary import SiteSummary
+from medi_server.messaging import send_and_receive
 from medi_server.settings import FederationSettings
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def request_summaries(
     if not messages:
         return {}
     sites: dict[int, SiteInfo] = {}
-    replies = list(grid.send_and_receive(messages, timeout=settings.handshake_timeout))
+    replies = send_and_receive(grid, messages, timeout=settings.handshake_timeout)
     for reply in replies:
         node = reply.metadata.src_node_id
         if reply.has_error() and reply.error.code == P.DECLINED_ERROR_CODE:

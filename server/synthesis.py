@@ -24,6 +24,7 @@ from medi_core import protocol as P
 from medi_core import transfer
 from medi_core.metadata import SITE_FIELD
 from medi_server.aggregation import to_record
+from medi_server.messaging import send_and_receive
 
 if TYPE_CHECKING:
     from medi_server.federation import Federation
@@ -74,7 +75,7 @@ def request_synthesis(federation: Federation, *, group_id: str) -> dict[str, Any
         messages.append(Message(RecordDict({P.ARRAYS: wire, P.CONFIG: config}), dst_node_id=node,
                                 message_type=P.MSG_SYNTHESIZE, group_id=group_id))
     results: dict[str, Any] = {}
-    for reply in federation.grid.send_and_receive(messages, timeout=settings.round_timeout):
+    for reply in send_and_receive(federation.grid, messages, timeout=settings.round_timeout):
         node = reply.metadata.src_node_id
         site = federation.sites[node].site_id if node in federation.sites else f"node {node}"
         if reply.has_error():

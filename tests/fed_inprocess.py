@@ -67,9 +67,11 @@ class InProcessGrid(Grid):
             message.metadata.__dict__["_run_id"] = self._run.run_id
             self.sent.append(message)
             node = message.metadata.dst_node_id
-            ids.append(message_id)
             if node in self.offline:
+                # Delivery is synchronous, so an offline node's reply can never come: leave its id out
+                # so that a caller polling for replies does not wait for the round timeout.
                 continue
+            ids.append(message_id)
             context = Context(
                 run_id=self._run.run_id, node_id=node, node_config=dict(self.node_configs[node]),
                 state=self._states[node], run_config=dict(self.run_config),
