@@ -65,10 +65,12 @@ def synthesize_quota(
     quota: dict[str, dict[str, int]] = json.loads(str(config[P.QUOTA]))
     cap = int(config.get(P.MAX_SYNTHETIC_PER_CELL, 0)) or None
     card = json.loads(str(config.get(P.SAMPLER_CARD, "{}")))
+    scheduler = str(config.get(P.SAMPLE_SCHEDULER, "ddim"))  # servers that predate the key sampled with DDIM
 
     model = model_from_weights(model_config, spec, ema_weights, site=site.site_id)
     model.to(site.torch_device())
-    sampler = MediSampler(model, diffusion_config, card, default_steps=int(config[P.SAMPLE_STEPS]))
+    sampler = MediSampler(model, diffusion_config, card, default_scheduler=scheduler,
+                          default_steps=int(config[P.SAMPLE_STEPS]))
     sampler.save_pretrained(site.output_dir / "sampler" / run_name)
 
     train, holdout = open_site_split(site, config, image_size=model_config.sample_size)
@@ -92,7 +94,7 @@ def synthesize_quota(
         logger.info("site %s: nothing to synthesise for quota %s", site.site_id, quota)
         return SiteSynthesis(0, written, site_memorisation_summary(train, holdout, None, site=site.site_id))
     images = sampler.generate(
-        conditions, seeds, guidance_scale=float(config.get(P.GUIDANCE_SCALE, 0.0)),
+        conditions, seeds, scheduler=scheduler, guidance_scale=float(config.get(P.GUIDANCE_SCALE, 0.0)),
         batch_size=int(config.get(P.SAMPLE_BATCH_SIZE, 16)), progress=False,
     )  # (N, 3, H, W) in [-1, 1]
     rows = []

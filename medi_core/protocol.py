@@ -46,6 +46,7 @@ TRANSFER_PRECISION: Final = "transfer-precision"  # "float32" or "float16"
 RUN_NAME: Final = "run-name"  # stable name of the federated run (survives --resume)
 QUOTA: Final = "quota"  # JSON {site: {class: target count per cell}}
 SAMPLE_STEPS: Final = "sample-steps"
+SAMPLE_SCHEDULER: Final = "sample-scheduler"  # a name of medi_core.sampling.make_scheduler: "ddim" or "dpmsolver++"
 GUIDANCE_SCALE: Final = "guidance-scale"
 SAMPLE_SEED: Final = "sample-seed"
 SAMPLE_BATCH_SIZE: Final = "sample-batch-size"

@@ -47,7 +47,7 @@ from medi_server.messaging import send_and_receive
 from medi_server.metrics import MetricsLog
 from medi_server.run_logging import attach_run_log
 from medi_server.sampler_output import update_card, write_sample_grid, write_sampler
-from medi_server.settings import FederationSettings
+from medi_server.settings import FederationSettings, check_resumed_settings
 from medi_server.strategy import build_strategy, load_strategy_state, strategy_state
 from medi_server.synthesis import memorisation_card, memorisation_rows, request_synthesis, write_memorisation_table
 
@@ -64,7 +64,7 @@ class Federation:
         self.settings = settings
         self.run_dir = settings.run_path
         self.model_config: ModelConfig = model_preset(settings.model_preset)
-        self.diffusion_config = DiffusionConfig()
+        self.diffusion_config = DiffusionConfig(prediction_type=settings.prediction_type)
         self.strategy: Strategy = build_strategy(settings)
         self.metrics = MetricsLog(self.run_dir)
         self.sites: dict[int, SiteInfo] = {}  # node id -> site, for nodes allowed to train
@@ -113,6 +113,8 @@ class Federation:
     def resume(self) -> None:
         """Restore the newest complete checkpoint; map the connected nodes to their sites again."""
         state = ckpt.load_checkpoint(self.run_dir)
+        check_resumed_settings(self.settings, state.state.get("settings", {}),
+                               checkpoint=f"{self.run_dir} (round {state.server_round})")
         self.completed_round = state.server_round
         self.spec = MetadataSpec.from_dict(state.state["metadata_spec"])
         self.plan = BalancePlan(**state.state["balance_plan"])
@@ -318,8 +320,8 @@ class Federation:
     def sample_grid(self, path: Path) -> None:
         write_sample_grid(
             path, self.ema.shadow, model_config=self.model_config, diffusion_config=self.diffusion_config,
-            spec=self.spec, num_steps=self.settings.grid_steps, guidance_scale=self.settings.guidance_scale,
-            seed=self.settings.seed,
+            spec=self.spec, scheduler=self.settings.sample_scheduler, num_steps=self.settings.grid_steps,
+            guidance_scale=self.settings.guidance_scale, seed=self.settings.seed,
         )
 
     def card(self) -> dict[str, Any]:
@@ -352,7 +354,7 @@ class Federation:
         sampler_dir = write_sampler(
             self.run_dir / "sampler", self.ema.shadow, model_config=self.model_config,
             diffusion_config=self.diffusion_config, spec=self.spec, card=self.card(),
-            num_steps=self.settings.sample_steps,
+            scheduler=self.settings.sample_scheduler, num_steps=self.settings.sample_steps,
         )
         report: dict[str, Any] = {"sampler": str(sampler_dir), "rounds": self.completed_round, "card": self.card(),
                                   "balance_plan": self.plan.to_dict()}

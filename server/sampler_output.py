@@ -41,6 +41,7 @@ def write_sample_grid(
     model_config: ModelConfig,
     diffusion_config: DiffusionConfig,
     spec: MetadataSpec,
+    scheduler: str,
     num_steps: int,
     guidance_scale: float,
     seed: int,
@@ -54,7 +55,7 @@ def write_sample_grid(
     # Same seed in every cell, so the grid shows the conditioning, not different noise.
     images = generate(
         model, conditions, [seed] * len(conditions), diffusion_config=diffusion_config,
-        num_steps=num_steps, guidance_scale=guidance_scale, progress=False,
+        scheduler=scheduler, num_steps=num_steps, guidance_scale=guidance_scale, progress=False,
     )  # (N, 3, H, W) in [-1, 1]
     pictures = to_uint8_images(images)
     grid = labelled_grid({cell: [img] for cell, img in zip(cells, pictures, strict=True)}, classes, sites)
@@ -71,11 +72,16 @@ def write_sampler(
     diffusion_config: DiffusionConfig,
     spec: MetadataSpec,
     card: Mapping[str, Any],
+    scheduler: str,
     num_steps: int,
 ) -> Path:
-    """Save the global sampler (EMA weights, configs, model card) with `MediSampler.save_pretrained`."""
+    """Save the global sampler (EMA weights, configs, model card) with `MediSampler.save_pretrained`.
+
+    ``scheduler`` and ``num_steps`` become the sampler's defaults, which `medi-sample` uses unless its
+    ``--scheduler`` or ``--steps`` option overrides them.
+    """
     model = model_from_weights(weights, model_config, spec)
-    sampler = MediSampler(model, diffusion_config, card, default_steps=num_steps)
+    sampler = MediSampler(model, diffusion_config, card, default_scheduler=scheduler, default_steps=num_steps)
     return sampler.save_pretrained(folder)
 
 

@@ -14,11 +14,12 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from hydra.core.config_store import ConfigStore
 
 from medi_core.balance import BALANCE_POLICIES
+from medi_core.config import PredictionType
 from medi_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,12 @@ UnseenValues = Literal["unknown", "reject"]
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 PRECISIONS = ("float32", "float16")
+PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
+# The names of `medi_core.sampling.make_scheduler`, spelled here so that reading the settings does not
+# import diffusers (a test keeps both in sync).
+SAMPLE_SCHEDULERS = ("ddim", "dpmsolver++")
+# Prediction type of runs checkpointed before the key existed: the federation then always trained with epsilon.
+CHECKPOINT_DEFAULT_PREDICTION_TYPE = "epsilon"
 
 
 @dataclass
@@ -48,6 +55,7 @@ class FederationSettings:
     batch_size: int = 8
     lr: float = 1e-4
     condition_dropout: float = 0.1  # per-field probability of training the null condition (CFG)
+    prediction_type: str = "epsilon"  # training target: "epsilon" (the noise) or "v_prediction" (Salimans & Ho 2022)
     mixed_precision: str = "auto"
 
     # -- aggregation ------------------------------------------------------------
@@ -81,11 +89,12 @@ class FederationSettings:
 
     # -- sampling -----------------------------------------------------------------
     synthesize: bool = True  # send the sampler and quotas to the sites at the end
-    sample_steps: int = 50  # DDIM steps at the sites
+    sample_steps: int = 50  # sampler steps at the sites
+    sample_scheduler: str = "ddim"  # sampler of the sites' synthesis and the sample grids: "ddim" or "dpmsolver++"
     guidance_scale: float = 0.0  # classifier-free guidance weight; 0: no guidance
     sample_batch_size: int = 16
     grid_every: int = 1  # sample grid (class x site) from the EMA every N rounds; 0: never
-    grid_steps: int = 20  # DDIM steps of the sample grid
+    grid_steps: int = 20  # sampler steps of the sample grid
 
     # -- simulation -----------------------------------------------------------------
     site_table: str = ""  # JSON file: simulated partition-id -> site node config (medi-sim); empty in deployments
@@ -97,6 +106,7 @@ class FederationSettings:
             (self.batch_size >= 1, "batch-size", "an integer >= 1"),
             (self.lr > 0, "lr", "a learning rate > 0"),
             (0.0 <= self.condition_dropout < 1.0, "condition-dropout", "a probability in [0, 1)"),
+            (self.prediction_type in PREDICTION_TYPES, "prediction-type", f"one of {list(PREDICTION_TYPES)}"),
             (self.strategy in STRATEGIES, "strategy", f"one of {list(STRATEGIES)}"),
             (self.proximal_mu >= 0, "proximal-mu", "a weight >= 0"),
             (self.min_clients >= 1, "min-clients", "an integer >= 1"),
@@ -117,6 +127,7 @@ class FederationSettings:
             (self.dp_noise_multiplicity >= 1, "dp-noise-multiplicity", "an integer >= 1"),
             (0.0 <= self.dp_delta < 1.0, "dp-delta", "a delta in [0, 1) (0: 0.1 / local patches)"),
             (self.sample_steps >= 1, "sample-steps", "an integer >= 1"),
+            (self.sample_scheduler in SAMPLE_SCHEDULERS, "sample-scheduler", f"one of {list(SAMPLE_SCHEDULERS)}"),
             (self.guidance_scale >= 0, "guidance-scale", "a scale >= 0"),
             (self.sample_batch_size >= 1, "sample-batch-size", "an integer >= 1"),
             (self.grid_every >= 0, "grid-every", "an integer >= 0 (0: never)"),
@@ -161,16 +172,32 @@ class FederationSettings:
         d = self.to_run_config()
         groups = [
             ("run", ["run-name", "run-dir", "num-server-rounds", "resume", "seed"]),
-            ("model", ["model-preset", "local-steps", "batch-size", "lr", "condition-dropout", "mixed-precision"]),
+            ("model", ["model-preset", "prediction-type", "local-steps", "batch-size", "lr", "condition-dropout",
+                       "mixed-precision"]),
             ("aggregation", ["strategy", "proximal-mu", "server-lr", "server-tau", "min-clients",
                              "max-update-norm", "server-ema-decay", "transfer-precision", "round-timeout"]),
             ("handshake", ["k-anonymity", "summary-fields", "unseen-values", "balance-policy",
                            "balance-target", "max-synthetic-per-cell", "holdout-fraction"]),
             ("privacy", ["dp-target-epsilon", "dp-noise-multiplier", "dp-max-grad-norm",
                          "dp-noise-multiplicity", "dp-delta"]),
-            ("sampling", ["synthesize", "sample-steps", "guidance-scale", "sample-batch-size", "grid-every"]),
+            ("sampling", ["synthesize", "sample-scheduler", "sample-steps", "guidance-scale", "sample-batch-size",
+                          "grid-every"]),
         ]
         return [f"{title:>12}: " + ", ".join(f"{k}={d[k]}" for k in keys) for title, keys in groups]
+
+
+def check_resumed_settings(settings: FederationSettings, stored: Mapping[str, Any], *, checkpoint: str) -> None:
+    """Raise `ConfigError` when the run config changes a setting that the checkpointed weights were trained for.
+
+    ``stored`` is the run config saved in the checkpoint (``state.json``, key ``settings``).
+    """
+    trained = str(stored.get("prediction-type", CHECKPOINT_DEFAULT_PREDICTION_TYPE))
+    if settings.prediction_type != trained:
+        raise ConfigError(
+            f"run config prediction-type = {settings.prediction_type!r} differs from {trained!r}, the target the "
+            f"weights in {checkpoint} were trained for; resume with prediction-type = {trained!r}, or start a new "
+            "run in another run-dir"
+        )
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

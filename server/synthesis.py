@@ -63,6 +63,7 @@ def request_synthesis(federation: Federation, *, group_id: str) -> dict[str, Any
             P.QUOTA: json.dumps(quota),
             P.RUN_NAME: settings.run_name,
             P.SAMPLE_STEPS: settings.sample_steps,
+            P.SAMPLE_SCHEDULER: settings.sample_scheduler,
             P.GUIDANCE_SCALE: settings.guidance_scale,
             P.SAMPLE_BATCH_SIZE: settings.sample_batch_size,
             P.SAMPLE_SEED: settings.seed,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from medi_core.errors import CheckpointError, ConfigError
 from medi_server.app_bundle import write_app_folder
 from medi_server.checkpoint import ServerCheckpoint, complete_rounds, load_checkpoint, save_checkpoint
-from medi_server.settings import DEFAULT_RUN_CONFIG, FederationSettings
+from medi_core.sampling import SchedulerName
+from medi_server.settings import DEFAULT_RUN_CONFIG, SAMPLE_SCHEDULERS, FederationSettings, check_resumed_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +42,45 @@ def test_settings_invalid_value_names_key():
 def test_settings_fractional_int_raises():
     with pytest.raises(ConfigError, match="local-steps must be an integer"):
         FederationSettings.from_run_config({"local-steps": 2.5})
+
+
+def test_settings_invalid_prediction_type_names_key():
+    with pytest.raises(ConfigError, match=r"prediction-type = 'x0' is invalid; expected one of \['epsilon', 'v_prediction'\]"):
+        FederationSettings.from_run_config({"prediction-type": "x0"})
+
+
+def test_settings_invalid_sample_scheduler_names_key():
+    with pytest.raises(ConfigError, match=r"sample-scheduler = 'dpm-solver\+\+' is invalid; expected one of \['ddim', "):
+        FederationSettings.from_run_config({"sample-scheduler": "dpm-solver++"})
+
+
+def test_settings_parse_sampling_keys():
+    settings = FederationSettings.from_run_config({"prediction-type": "v_prediction", "sample-scheduler": "dpmsolver++"})
+    assert settings.prediction_type == "v_prediction"
+    assert settings.sample_scheduler == "dpmsolver++"
+
+
+def test_settings_schedulers_match_sampling():
+    assert SAMPLE_SCHEDULERS == get_args(SchedulerName)
+
+
+def test_resume_same_prediction_type_passes():
+    check_resumed_settings(FederationSettings(prediction_type="v_prediction"), {"prediction-type": "v_prediction"},
+                           checkpoint="runs/x (round 3)")
+
+
+def test_resume_other_prediction_type_raises():
+    with pytest.raises(ConfigError, match=r"prediction-type = 'epsilon' differs from 'v_prediction'.*runs/x \(round 3\)"):
+        check_resumed_settings(FederationSettings(), {"prediction-type": "v_prediction"}, checkpoint="runs/x (round 3)")
+
+
+def test_resume_checkpoint_without_key_passes_epsilon():
+    check_resumed_settings(FederationSettings(), {"lr": 1e-4}, checkpoint="runs/x (round 3)")
+
+
+def test_resume_checkpoint_without_key_rejects_v_prediction():
+    with pytest.raises(ConfigError, match="differs from 'epsilon'"):
+        check_resumed_settings(FederationSettings(prediction_type="v_prediction"), {}, checkpoint="runs/x (round 3)")
 
 
 def test_pyproject_lists_every_run_config_key():
