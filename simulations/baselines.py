@@ -192,6 +192,7 @@ def train_and_sample(
         sampler = train_central(name, spec, pooled, model_config=model_config, settings=settings, steps=steps,
                                 seed=seed, diffusion_config=diffusion_config, progress=progress)
         folder = out / name
+        sampler.default_scheduler = scheduler  # the saved sampler then records how its patches were drawn
         sampler.save_pretrained(folder / "sampler")
         manifest = generate_cells(sampler, counts, folder / "synthetic", with_site=name == MEDI_CENTRAL,
                                   seed=seed, scheduler=scheduler, settings=settings, progress=progress)

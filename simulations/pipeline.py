@@ -26,7 +26,7 @@ from tqdm import tqdm
 from medi_core.config import DiffusionConfig, model_preset
 from medi_core.errors import ConfigError
 from medi_core.metadata import MetadataSpec
-from medi_server.settings import FederationSettings
+from medi_server.settings import SAMPLE_SCHEDULERS, FederationSettings
 from medi_sim.baselines import (
     CLASS_ONLY,
     MEDI_CENTRAL,
@@ -70,8 +70,11 @@ def check_config(config: SimConfig) -> None:
             f"federation.model_preset={config.federation.model_preset!r} differs from model={config.model.preset!r}; "
             "choose the model with model=... only"
         )
-    if config.baselines.scheduler not in ("ddim", "dpmsolver++"):
-        raise ConfigError(f"baselines.scheduler={config.baselines.scheduler!r} is invalid; use ddim or dpmsolver++")
+    if config.baselines.scheduler not in (None, *SAMPLE_SCHEDULERS):
+        raise ConfigError(
+            f"baselines.scheduler={config.baselines.scheduler!r} is invalid; use one of {list(SAMPLE_SCHEDULERS)}, "
+            "or null to sample with federation.sample_scheduler"
+        )
     if not config.federation.synthesize:
         raise ConfigError("federation.synthesize=false leaves configuration (d) without patches; medi-sim needs synthesis")
 
@@ -90,6 +93,11 @@ def federation_settings(config: SimConfig, split: SiteSplit, run_dir: Path) -> F
                        settings.min_clients, len(split.sites), len(split.sites))
         settings = replace(settings, min_clients=len(split.sites))
     return settings
+
+
+def baseline_scheduler(config: SimConfig) -> str:
+    """Sampler of the central baselines: ``baselines.scheduler``, or the federation's when it is null."""
+    return config.baselines.scheduler or config.federation.sample_scheduler
 
 
 def baseline_steps(config: SimConfig, num_sites: int) -> int:
@@ -126,8 +134,8 @@ def describe(
         f"Diffusion: {diffusion.num_train_timesteps} steps, {diffusion.beta_schedule} betas, "
         f"{diffusion.prediction_type} prediction.",
         f"Synthesis: balance policy {settings.balance_policy!r}, at most {settings.max_synthetic_per_cell or 'any number of'} "
-        f"patches per (site, class), DDIM {settings.sample_steps} steps. Central baselines: {steps} optimiser steps each "
-        "on the pooled training patches.",
+        f"patches per (site, class), {settings.sample_scheduler} with {settings.sample_steps} steps. Central baselines: "
+        f"{steps} optimiser steps each on the pooled training patches, sampled with {baseline_scheduler(config)}.",
         f"Downstream encoder: {encoder}; probes: class-balanced logistic regression, seeds {list(config.evaluation.seeds)}.",
         f"Scale: {settings.num_server_rounds * settings.local_steps} optimiser steps per site and {steps} per baseline. "
         "Runs of this length check the pipeline; their differences between configurations are not evidence for or "
@@ -171,7 +179,7 @@ def _run_stages(config: SimConfig, run_dir: Path, *, progress: bool) -> Path:
     site_datasets = {site: open_manifest(path, image_size=size) for site, path in split.manifests.items()}
     baselines = run_baselines(names, site_datasets, counts, run_dir / "baselines", federated_spec=spec,
                               model_config=config.model, settings=settings, steps=steps, seed=config.seed,
-                              scheduler=config.baselines.scheduler, threads=config.baselines.torch_threads,
+                              scheduler=baseline_scheduler(config), threads=config.baselines.torch_threads,
                               workers=config.baselines.workers, diffusion_config=diffusion)
     stages.update()
 
@@ -211,4 +219,4 @@ def _run_stages(config: SimConfig, run_dir: Path, *, progress: bool) -> Path:
     return summary
 
 
-__all__ = ["STAGES", "baseline_steps", "check_config", "describe", "federation_settings", "run_pipeline"]
+__all__ = ["STAGES", "baseline_scheduler", "baseline_steps", "check_config", "describe", "federation_settings", "run_pipeline"]

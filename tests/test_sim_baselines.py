@@ -120,3 +120,13 @@ def test_baselines_reject_zero_workers(tmp_path: Path, brca_sites) -> None:
 def test_federated_diffusion_config_read(tmp_path: Path) -> None:
     MediSampler(build_model(model_preset("tiny"), SPEC), DiffusionConfig(prediction_type="v_prediction")).save_pretrained(tmp_path)
     assert federated_diffusion_config(tmp_path).prediction_type == "v_prediction"
+
+
+def test_baseline_sampler_records_scheduler(tmp_path: Path, brca_sites) -> None:
+    sites, spec = brca_sites
+    settings = FederationSettings(batch_size=4, sample_steps=2, sample_batch_size=4)
+    results = run_baselines(
+        [MEDI_CENTRAL], sites, {"AC": {"lymphocyte": 1}}, tmp_path, federated_spec=spec,
+        model_config=model_preset("tiny"), settings=settings, steps=1, seed=0, scheduler="dpmsolver++",
+    )
+    assert MediSampler.from_pretrained(results[MEDI_CENTRAL].sampler_dir).default_scheduler == "dpmsolver++"

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from medi_core.errors import ConfigError
 from medi_core.evaluation.encoders import EncoderConfig
 from medi_sim.config import QUICK_LR, EncoderSimConfig, SimConfig, register_configs
-from medi_sim.pipeline import baseline_steps, check_config, federation_settings
+from medi_sim.pipeline import baseline_scheduler, baseline_steps, check_config, federation_settings
 from medi_sim.sites import SiteSplit
 from medi_sim.tcga_split import plan_sites
 
@@ -42,6 +42,37 @@ def test_defaults_quick_federation() -> None:
     assert config.federation.sample_steps == 20
     assert config.baselines.workers == 2
     assert config.evaluation.encoder.kind == "cnn"
+
+
+def test_quick_federation_trains_v_prediction() -> None:
+    assert compose_config().federation.prediction_type == "v_prediction"
+
+
+def test_prediction_type_override() -> None:
+    config = compose_config("federation.prediction_type=epsilon")
+    assert config.federation.prediction_type == "epsilon"
+
+
+def test_invalid_sample_scheduler_names_key() -> None:
+    with pytest.raises(ConfigError, match="run config sample-scheduler = 'dpm' is invalid"):
+        compose_config("federation.sample_scheduler=dpm")
+
+
+def test_baseline_scheduler_follows_federation() -> None:
+    config = compose_config("federation.sample_scheduler=dpmsolver++")
+    assert config.baselines.scheduler is None
+    assert baseline_scheduler(config) == "dpmsolver++"
+
+
+def test_baseline_scheduler_override() -> None:
+    config = compose_config("federation.sample_scheduler=dpmsolver++", "baselines.scheduler=ddim")
+    assert baseline_scheduler(config) == "ddim"
+
+
+def test_check_rejects_unknown_baseline_scheduler() -> None:
+    config = compose_config("baselines.scheduler=dpm-solver++")
+    with pytest.raises(ConfigError, match="baselines.scheduler='dpm-solver\\+\\+' is invalid"):
+        check_config(config)
 
 
 def test_model_override_reaches_federation() -> None:
