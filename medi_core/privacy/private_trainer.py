@@ -201,6 +201,11 @@ class PrivateTrainer:
                 p.grad_sample = sample.view(batch, k, *sample.shape[1:]).sum(dim=1)  # (B, *shape)
         return rows.detach().view(batch, k).mean(dim=1)  # (B,)
 
+    def _fresh_backward(self, x0: torch.Tensor, cond: dict[str, torch.Tensor], **kwargs: Any) -> None:
+        """Clear all gradients, then run the per-example backward pass for one batch."""
+        self.dp_optimizer.zero_grad(set_to_none=True)
+        self._backward_per_example(x0, cond, **kwargs)
+
     def per_sample_gradients(
         self,
         x0: torch.Tensor,
@@ -211,10 +216,7 @@ class PrivateTrainer:
         drop_conditions_for_cfg: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Unclipped per-example gradients ``(B, *shape)`` by parameter name; no step, no privacy spent."""
-        self.dp_optimizer.zero_grad(set_to_none=True)
-        self._backward_per_example(
-            x0, cond, noise=noise, timesteps=timesteps, drop_conditions_for_cfg=drop_conditions_for_cfg
-        )
+        self._fresh_backward(x0, cond, noise=noise, timesteps=timesteps, drop_conditions_for_cfg=drop_conditions_for_cfg)
         grads = {name: g.detach().clone() for name, g in self.grad_sampler.named_grad_samples().items()}
         self.dp_optimizer.zero_grad(set_to_none=True)
         return grads
@@ -229,10 +231,7 @@ class PrivateTrainer:
         drop_conditions_for_cfg: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Sum of the clipped per-example gradients exactly as Opacus forms it, before noise; no step."""
-        self.dp_optimizer.zero_grad(set_to_none=True)
-        self._backward_per_example(
-            x0, cond, noise=noise, timesteps=timesteps, drop_conditions_for_cfg=drop_conditions_for_cfg
-        )
+        self._fresh_backward(x0, cond, noise=noise, timesteps=timesteps, drop_conditions_for_cfg=drop_conditions_for_cfg)
         self.dp_optimizer.clip_and_accumulate()
         sums = {
             name: p.summed_grad.detach().clone()
