@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 UNLABELLED = "unlabelled"  # placeholder class until class_column fills it from the slide metadata
 TSS_COLUMN = "tss"
 MIN_TRAINING_SITES = 2  # a federation of one site is central training; FedAvg needs two
+# The evaluation tests only on TSS codes that never trained, so a source needs one code more than the federation.
+MIN_SOURCE_SITES = MIN_TRAINING_SITES + 1
 
 
 @dataclass(frozen=True)
@@ -181,11 +183,57 @@ def output_dir(run_dir: Path, site: str) -> Path:
     return run_dir / "sites" / _folder(site) / "output"
 
 
+def check_source_sites(data: DataConfig, dataset: PatchDataset) -> list[str]:
+    """Return the TSS codes of the source's patches; raise if there are too few to train and hold out."""
+    if len(dataset) == 0:
+        raise ConfigError(f"data.path {data.path} (data={data.name}) contains no patches; check the folder and its source kind")
+    codes = sorted(set(tcga_split.record_tss(dataset.records)))
+    if len(codes) < MIN_SOURCE_SITES:
+        raise ConfigError(
+            f"data.path {data.path} contains patches of {len(codes)} tissue source site(s) {codes}, but medi-sim needs "
+            f"at least {MIN_SOURCE_SITES}: {MIN_TRAINING_SITES} training sites for the federation and 1 held-out site, "
+            "because the evaluation tests only on sites that never trained. Add patches of more sites; in a patch "
+            "store from medi-client prepare, a slide's site is the site column of its metadata CSV row, else the "
+            "TSS code of its TCGA barcode"
+        )
+    return codes
+
+
+def _subset_hint(data: DataConfig, codes: list[str]) -> str:
+    if not (data.slide_metadata and data.grouping == "top_k"):
+        return ""
+    return (
+        f". With data.slide_metadata, data.top_k={data.top_k} ranks the TSS codes of every slide in that CSV, "
+        f"so a folder with part of the data set (here {len(codes)} TSS codes) may hold patches of few or none "
+        f"of the {data.top_k} largest. For such a folder set data.grouping=per_tss, or plan from its own patch "
+        "counts with data.slide_metadata=null"
+    )
+
+
+def _no_holdout_error(data: DataConfig, plan: tcga_split.SitePlan, codes: list[str]) -> ConfigError:
+    if plan.holdout_tss:
+        reason = f"none of its held-out TSS codes {sorted(plan.holdout_tss)[:10]} has patches in data.path"
+    elif data.holdout_fraction:
+        reason = f"data.holdout_fraction={data.holdout_fraction} of its TSS codes rounds down to none"
+    else:
+        reason = "neither data.holdout_tss nor data.holdout_fraction is set"
+    return ConfigError(
+        f"the site plan holds out no patches, because {reason}. Name held-out codes of the data {codes[:20]} with "
+        "data.holdout_tss=[CODE,...] data.holdout_fraction=null"
+    )
+
+
 def prepare_sites(data: DataConfig, privacy: PrivacySimConfig, run_dir: Path, *, image_size: int) -> SiteSplit:
     """Split the source by site and write each virtual hospital's manifest, the holdout and the site table."""
     run_dir = run_dir.resolve()
+    if data.holdout_tss is not None and data.holdout_fraction is not None:
+        raise ConfigError(
+            f"data.holdout_tss={list(data.holdout_tss)} and data.holdout_fraction={data.holdout_fraction} are both set; "
+            "to hold out exactly the listed TSS codes add data.holdout_fraction=null"
+        )
     dataset = open_source(data, run_dir, image_size=image_size)
     plan, dataset = plan_for(data, dataset)
+    codes = check_source_sites(data, dataset)
     split = tcga_split.split_records(dataset.records, plan)
     out = run_dir / "sites"
     out.mkdir(parents=True, exist_ok=True)
@@ -209,9 +257,10 @@ def prepare_sites(data: DataConfig, privacy: PrivacySimConfig, run_dir: Path, *,
         raise ConfigError(
             f"the site plan leaves {len(manifests)} training site(s) {sorted(manifests)}; a federation needs at "
             f"least {MIN_TRAINING_SITES}. Hold out fewer TSS codes, raise data.top_k or lower data.min_site_patches"
+            + _subset_hint(data, codes)
         )
     if split.holdout.size == 0:
-        raise ConfigError("the site plan holds out no patches; set data.holdout_tss or data.holdout_fraction")
+        raise _no_holdout_error(data, plan, codes)
     holdout = dataset.subset(split.holdout)
     holdout_records = _materialise(holdout, out / "holdout-images")
     holdout_manifest = _manifest(holdout_records, holdout_records[SITE_FIELD].astype(str))
@@ -239,4 +288,4 @@ def open_manifest(path: Path, *, image_size: int) -> PatchDataset:
     return open_patch_source(path, kind="manifest", image_size=image_size)
 
 
-__all__ = ["SiteSplit", "open_manifest", "open_source", "plan_for", "prepare_sites", "site_table"]
+__all__ = ["SiteSplit", "check_source_sites", "open_manifest", "open_source", "plan_for", "prepare_sites", "site_table"]

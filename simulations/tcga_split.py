@@ -333,9 +333,14 @@ def record_tss(records: pd.DataFrame, *, tss_column: str = "site", slide_column:
         tss = tss.where(~missing, parsed)
     still = np.flatnonzero(tss.isna().to_numpy())
     if still.size:
+        slides = []
+        if slide_column in records.columns:
+            slides = records[slide_column].iloc[still].dropna().astype(str).unique().tolist()
         raise MetadataError(
             f"{still.size} record(s) have no {tss_column!r} and no TCGA barcode in {slide_column!r} "
-            f"(first rows {still[:5].tolist()}); the site of every patch must be known to split by site"
+            f"(first rows {still[:5].tolist()}, slides {slides[:5]}); the site of every patch must be known to split "
+            "by site. Give those patches a site column; for a patch store, fill the site column of the metadata CSV "
+            "and run medi-client prepare again into a new folder"
         )
     return tss.astype(str)
 
@@ -359,7 +364,7 @@ def split_records(
     train = {site: np.flatnonzero((sites == site) & (splits == TRAIN_SPLIT)) for site in plan.sites}
     empty = sorted(site for site, rows in train.items() if rows.size == 0)
     if empty:
-        logger.warning("site plan: training site(s) %s have no records in this table", empty)
+        logger.warning("site plan: %d training site(s) have no records in this table, for example %s", len(empty), empty[:10])
     holdout = np.flatnonzero(splits == HOLDOUT_SPLIT)
     return RecordSplit(
         train={site: rows for site, rows in train.items() if rows.size},

@@ -126,8 +126,9 @@ def test_tcga_tiles_plan_from_real_site_sizes(tmp_path: Path) -> None:
     assert plan.site_for("AD") is None
 
 
-def test_tcga_tiles_one_site_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="leaves 1 training site\\(s\\) \\['other'\\]"):
+def test_tcga_tiles_two_codes_rejected(tmp_path: Path) -> None:
+    # 3X and AD: one training site and one held-out site, but a federation needs two training sites.
+    with pytest.raises(ConfigError, match="contains patches of 2 tissue source site\\(s\\) \\['3X', 'AD'\\]"):
         prepare_sites(_tiles_config(), PrivacySimConfig(), tmp_path, image_size=32)
 
 
