@@ -55,6 +55,11 @@ from medi_sim.sites import SiteSplit, open_manifest, prepare_sites
 logger = logging.getLogger(__name__)
 
 STAGES = ("split by site", "federated training", "central baselines", "evaluation", "report")
+NOTHING_REQUESTED = (
+    "The sites wrote no synthetic patches because the balance plan (federation/balance_plan.json) requested none: "
+    "no (site, class) cell is short of its target. The central baselines were not trained, and the report "
+    "compares configurations (a) real and (b) real+stain only."
+)
 
 
 def check_config(config: SimConfig) -> None:
@@ -175,6 +180,9 @@ def _run_stages(config: SimConfig, run_dir: Path, *, progress: bool) -> Path:
     spec = MetadataSpec.from_json((run_dir / "federation" / "metadata_spec.json").read_text())
     diffusion = federated_diffusion_config(run_dir / "federation" / "sampler")
     names = [n for n, on in ((CLASS_ONLY, config.baselines.class_only), (MEDI_CENTRAL, config.baselines.central)) if on]
+    if not counts:
+        logger.warning("%s", NOTHING_REQUESTED)
+        names = []
     steps = baseline_steps(config, len(split.sites))
     site_datasets = {site: open_manifest(path, image_size=size) for site, path in split.manifests.items()}
     baselines = run_baselines(names, site_datasets, counts, run_dir / "baselines", federated_spec=spec,
@@ -197,6 +205,9 @@ def _run_stages(config: SimConfig, run_dir: Path, *, progress: bool) -> Path:
 
     _start(stages, 4)
     samples = {REAL_TRAIN: train, **synthetic}
+    description = describe(config, split, settings, tables.encoder, steps, diffusion)
+    if not counts:
+        description.append(NOTHING_REQUESTED)
     # The sites were asked for the balance plan's cells; each baseline for exactly what the sites wrote.
     requested = {name: requests_from_counts(counts) for name in baselines}
     plan = planned_requests(run_dir / "federation" / "balance_plan.json")
@@ -208,7 +219,7 @@ def _run_stages(config: SimConfig, run_dir: Path, *, progress: bool) -> Path:
         config=OmegaConf.to_container(OmegaConf.structured(config)),
         metrics=run_dir / "federation" / "metrics" / "sites.jsonl",
         samples=samples,
-        description=describe(config, split, settings, tables.encoder, steps, diffusion),
+        description=description,
         synthesis_table=synthesis_rows({name: cell_counts(p) for name, p in synthetic.items()}),
         requested_cells=requested,
         grid_per_cell=config.evaluation.grid_per_cell,
