@@ -11,10 +11,16 @@ Run::
 
     python benchmarks/bench_core.py --preset tiny
     python benchmarks/bench_core.py --preset medi-paper --batch 4 --train-steps 3 --sample-steps 3 --sample-repeats 2
+    python benchmarks/bench_core.py --preset medi-paper --batch 2 --isolate --train-steps 3 --skip-solvers
     python benchmarks/bench_core.py --sampler RUN_DIR/sampler   # DPM-Solver++ 20 vs DDIM 100, pixel difference
+    python benchmarks/bench_core.py --preset tiny --skip-train --skip-solvers --medi-precision bf16
 
 Timing alternates the two implementations call by call in one process and
 compares medians; peak memory (max RSS) comes from one subprocess per case.
+With ``--isolate`` each implementation is timed in a subprocess of its own
+instead, in the order reference, medi, medi, reference, and the two runs of
+each are pooled: a `medi-paper` trainer needs about 8.5 GiB, so two in one
+process do not fit in 24 GiB beside anything else.
 """
 
 from __future__ import annotations
@@ -115,7 +121,7 @@ def make_train_step(impl: str, preset: str, batch: int):
     return lambda: trainer.train_steps(batches, 1)
 
 
-def make_sample_call(impl: str, preset: str, batch: int, steps: int, scheduler: str = "ddim"):
+def make_sample_call(impl: str, preset: str, batch: int, steps: int, scheduler: str = "ddim", precision: str = "fp32"):
     """A closure generating one batch of ``batch`` images with ``steps`` sampler steps."""
     torch.manual_seed(0)
     _, classes, sites = _batch(preset, batch)
@@ -138,7 +144,7 @@ def make_sample_call(impl: str, preset: str, batch: int, steps: int, scheduler: 
     conditions = [{"class": f"c{c}", "site": f"s{s}"} for c, s in zip(classes.tolist(), sites.tolist(), strict=True)]
     return lambda: generate(
         model, conditions, list(range(batch)), diffusion_config=DiffusionConfig(),
-        scheduler=scheduler, num_steps=steps, batch_size=batch, progress=False,
+        scheduler=scheduler, num_steps=steps, batch_size=batch, progress=False, precision=precision,
     )
 
 
@@ -158,12 +164,46 @@ def alternate(calls: dict[str, object], repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def timing_child(args: argparse.Namespace) -> None:
+    """Time one implementation alone: one warm-up call, then ``--train-steps`` or ``--sample-repeats`` calls."""
+    if args.mode == "train":
+        call, repeats = make_train_step(args.impl, args.preset, args.batch), args.train_steps
+    else:
+        call = make_sample_call(args.impl, args.preset, args.batch, args.sample_steps, precision=args.medi_precision)
+        repeats = args.sample_repeats
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"seconds": times, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def isolated(args: argparse.Namespace, mode: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per call and peak MiB per implementation, each timed in its own subprocesses (ABBA order)."""
+    times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    peaks: dict[str, float] = {impl: 0.0 for impl in IMPLS}
+    for impl in (*IMPLS, *reversed(IMPLS)):
+        cmd = [
+            sys.executable, __file__, "--child", "--timing", "--mode", mode, "--impl", impl, "--preset", args.preset,
+            "--batch", str(args.batch), "--sample-steps", str(args.sample_steps),
+            "--train-steps", str(args.train_steps), "--sample-repeats", str(args.sample_repeats),
+            "--medi-precision", args.medi_precision,
+        ]
+        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        times[impl] += out["seconds"]
+        peaks[impl] = max(peaks[impl], out["peak_rss_mib"])
+        print(f"  {mode} {impl}: {', '.join(f'{t:.2f}' for t in out['seconds'])} s per call", flush=True)
+    return {impl: statistics.median(v) for impl, v in times.items()}, peaks
+
+
 def peak_memory_child(args: argparse.Namespace) -> None:
     """Run one implementation alone for two calls and print its peak resident memory."""
     if args.mode == "train":
         call = make_train_step(args.impl, args.preset, args.batch)
     else:
-        call = make_sample_call(args.impl, args.preset, args.batch, args.sample_steps)
+        call = make_sample_call(args.impl, args.preset, args.batch, args.sample_steps, precision=args.medi_precision)
     call()
     call()
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -211,36 +251,46 @@ def main() -> None:
     p.add_argument("--sample-repeats", type=int, default=4, help="timed sampling batches per implementation")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--skip-train", action="store_true", help="time sampling only (two medi-paper trainers need ~17 GiB)")
+    p.add_argument("--isolate", action="store_true",
+                   help="time each implementation in its own subprocesses (ABBA order); needed for medi-paper training")
     p.add_argument("--skip-solvers", action="store_true", help="skip the DDIM-100 vs DPM-Solver++-20 timing")
+    p.add_argument("--medi-precision", choices=["fp32", "bf16"], default="fp32",
+                   help="MeDi-Fed's sampling precision (the reference always samples in fp32)")
     p.add_argument("--sampler", help="a trained sampler folder: only compare DPM-Solver++ 20 vs DDIM 100 on it")
     p.add_argument("--n", type=int, default=16, help="images for the solver comparison")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="train", help=argparse.SUPPRESS)
     p.add_argument("--impl", default="medi", help=argparse.SUPPRESS)
+    p.add_argument("--timing", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.sampler:
         compare_solvers(args.sampler, args.n)
         return
     if args.child:
-        peak_memory_child(args)
+        timing_child(args) if args.timing else peak_memory_child(args)
         return
     params = build_model(model_preset(args.preset), SPEC).num_parameters()
-    print(f"preset={args.preset} parameters={params:,} batch={args.batch} threads={torch.get_num_threads()}")
+    print(f"preset={args.preset} parameters={params:,} batch={args.batch} threads={torch.get_num_threads()} "
+          f"medi sampling precision={args.medi_precision}")
 
-    train = None
-    if not args.skip_train:
-        train = alternate({impl: make_train_step(impl, args.preset, args.batch) for impl in IMPLS}, args.train_steps)
-    sample = alternate(
-        {impl: make_sample_call(impl, args.preset, args.batch, args.sample_steps) for impl in IMPLS},
-        args.sample_repeats,
-    )
-    for mode, seconds, unit in (("train", train, 1), ("sample", sample, 1)):
-        if seconds is None:
+    results: dict[str, tuple[dict[str, float], dict[str, float] | None]] = {}
+    for mode in ("train", "sample"):
+        if mode == "train" and args.skip_train:
             continue
-        ips = {impl: args.batch * unit / seconds[impl] for impl in IMPLS}
-        memory = "" if args.no_memory else " | peak MiB " + ", ".join(
-            f"{impl} {peak_memory(args, mode, impl):.0f}" for impl in IMPLS
-        )
+        if args.isolate:
+            results[mode] = isolated(args, mode)
+        elif mode == "train":
+            calls = {impl: make_train_step(impl, args.preset, args.batch) for impl in IMPLS}
+            results[mode] = (alternate(calls, args.train_steps), None)
+        else:
+            calls = {impl: make_sample_call(impl, args.preset, args.batch, args.sample_steps, precision=args.medi_precision)
+                     for impl in IMPLS}
+            results[mode] = (alternate(calls, args.sample_repeats), None)
+    for mode, (seconds, peaks) in results.items():
+        ips = {impl: args.batch / seconds[impl] for impl in IMPLS}
+        if peaks is None and not args.no_memory:
+            peaks = {impl: peak_memory(args, mode, impl) for impl in IMPLS}
+        memory = "" if peaks is None else " | peak MiB " + ", ".join(f"{impl} {peaks[impl]:.0f}" for impl in IMPLS)
         print(
             f"{mode:6s} img/s reference {ips['reference']:.3f}, medi {ips['medi']:.3f} | "
             f"ratio medi/reference {ips['medi'] / ips['reference']:.2f}{memory}"

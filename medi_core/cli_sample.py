@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="first seed; image i of a condition uses seed + i (default: 0)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="network precision while sampling; bf16 is about 1.5-2x faster on CPUs with AMX or "
+                        "AVX-512 bfloat16 and on recent GPUs, and changes pixels slightly (default: %(default)s)")
     return p
 
 
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> Path:
     for condition, n, seed in triples:
         all_conditions += [condition] * n
         all_seeds += [seed + i for i in range(n)]
-    kwargs: dict[str, Any] = {"guidance_scale": args.guidance, "batch_size": args.batch_size}
+    kwargs: dict[str, Any] = {"guidance_scale": args.guidance, "batch_size": args.batch_size, "precision": args.precision}
     if args.steps is not None:
         kwargs["num_steps"] = args.steps
     if args.scheduler is not None:
