@@ -19,8 +19,8 @@ Timing alternates the two implementations call by call in one process and
 compares medians; peak memory (max RSS) comes from one subprocess per case.
 With ``--isolate`` each implementation is timed in a subprocess of its own
 instead, in the order reference, medi, medi, reference, and the two runs of
-each are pooled: a `medi-paper` trainer needs about 8.5 GiB, so two in one
-process do not fit in 24 GiB beside anything else.
+each are pooled. A `medi-paper` trainer peaked at 10.1 GiB at batch 2, so
+two in one process do not fit in 24 GiB beside anything else.
 """
 
 from __future__ import annotations

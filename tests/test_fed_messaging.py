@@ -10,7 +10,7 @@ from medi_server.messaging import send_and_receive
 
 
 class SlowGrid:
-    """Replies to message ``i`` on the ``i``-th pull; a message to node 0 is never answered."""
+    """Return the reply to message ``i`` from the ``i``-th pull on; a message to node 0 never gets a reply."""
 
     def __init__(self) -> None:
         self.pulls = 0
