@@ -56,7 +56,10 @@ def decode(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _cast(array: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     tensor = as_tensor(array)
-    return tensor.numpy() if tensor.dtype == dtype else tensor.to(dtype).numpy()
+    if tensor.dtype == dtype:
+        # The array itself, not tensor.numpy(): that view would be writable even over a read-only wire buffer.
+        return np.ascontiguousarray(array)
+    return tensor.to(dtype).numpy()
 
 
 def to_fp32_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:

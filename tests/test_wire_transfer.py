@@ -70,6 +70,11 @@ def test_encode_decode_round_trip_and_overflow():
     assert np.shares_memory(same, arrays["a"])  # fp32 passes through uncopied
 
 
+def test_decode_keeps_received_views_read_only():
+    view = wire.array_view(wire.to_array(np.arange(4, dtype=np.float32)))
+    assert not transfer.decode({"a": view})["a"].flags.writeable
+
+
 def test_encode_rejects_unknown_precision():
     with pytest.raises(ValueError, match="transfer precision must be"):
         transfer.encode({"a": np.zeros(1, np.float32)}, "bfloat16")
