@@ -109,8 +109,8 @@ def _rejection_reason(
         transfer.check_same_layout(delta, global_weights, what="weight delta")
     except (ValueError, TypeError) as err:
         return str(err)
-    # The float64 norm of fp16 or fp32 values cannot overflow, so it is finite exactly when every value
-    # is; the slower search for the offending array runs only when it is not.
+    # The float64 norm of fp16 or fp32 values cannot overflow, so it is finite exactly when every value is.
+    # Only a non-finite norm pays for the slower search for the offending array.
     outcome.norm = transfer.global_norm(delta)
     if not math.isfinite(outcome.norm):
         return f"non-finite values (NaN or inf) in array {transfer.first_non_finite(delta)!r}"

@@ -199,4 +199,5 @@ def test_trainer_state_carries_over_rounds(site_ol, tmp_path, caplog):
     state_path.write_bytes(b"not a torch file")
     with caplog.at_level("WARNING", logger="medi_client.local_training"):
         train_round(site, weights2, round_config(spec, batch_size=2, local_steps=1, server_round=3, run_name="carry"))
-    assert "local trainer state" in caplog.text and "unreadable" in caplog.text
+    assert "local trainer state" in caplog.text
+    assert "unreadable" in caplog.text
