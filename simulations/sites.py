@@ -218,7 +218,7 @@ def _no_holdout_error(data: DataConfig, plan: tcga_split.SitePlan, codes: list[s
     else:
         reason = "neither data.holdout_tss nor data.holdout_fraction is set"
     return ConfigError(
-        f"the site plan holds out no patches, because {reason}. Name held-out codes of the data {codes[:20]} with "
+        f"the site plan contains no held-out patches, because {reason}. Name held-out codes of the data {codes[:20]} with "
         "data.holdout_tss=[CODE,...] data.holdout_fraction=null"
     )
 
