@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from medi_core.data import metadata_counts, open_patch_source
 from medi_core.errors import MetadataError
 from medi_core.wsi.config import PrepareConfig
 from medi_core.wsi.prepare import prepare_slides
+from medi_core.wsi.preview import KEPT_COLOUR
 from medi_core.wsi.process import process_slide
 from medi_core.wsi.synthetic import write_synthetic_slide
 from medi_core.wsi.tiler import TilingConfig
@@ -254,7 +256,9 @@ def test_prepare_writes_preview_and_report(tmp_path):
     prepare_slides([folder], _csv(tmp_path, "slide_id,class\nCMU-1-Small-Region,skin\n"), tmp_path / "s", _config())
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["patches_per_class"] == {"skin": CMU_PATCHES}
-    assert (tmp_path / "s" / "previews" / "CMU-1-Small-Region.png").stat().st_size > 0
+    preview = np.asarray(Image.open(tmp_path / "s" / "previews" / "CMU-1-Small-Region.png"))
+    assert preview.shape == (370, 277, 3)  # the 4 µm/px thumbnail of 2220 x 2967 px at 0.499 µm/px
+    assert np.all(preview == KEPT_COLOUR, axis=2).sum() > CMU_PATCHES * 4  # outlines of the kept tiles
 
 
 def crash_on_frozen(job, out, config):

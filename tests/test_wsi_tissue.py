@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import ndimage
+from skimage import morphology
 
 from medi_core.wsi.reader import SlideReader
 from medi_core.wsi.tissue import (
@@ -14,6 +15,8 @@ from medi_core.wsi.tissue import (
     TissueConfig,
     background_fraction,
     detect_tissue,
+    disk_dilation,
+    disk_erosion,
     is_brightfield,
     saturation,
     sharpness,
@@ -32,6 +35,18 @@ def test_saturation_hand_values():
     pixels = np.array([[[255, 255, 255], [200, 100, 150], [0, 0, 0]]], dtype=np.uint8)
     # white 0, (200 - 100) / 200 = 0.5, black 0
     assert saturation(pixels)[0].tolist() == pytest.approx([0.0, 0.5, 0.0])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (6, 1), (2, 3), (37, 41)])
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_disk_morphology_matches_scipy(shape, radius):
+    # the cross-step shortcut (radius <= 2) and the scipy fallback give scipy's result, borders included
+    rng = np.random.default_rng(radius)
+    for density in (0.2, 0.5, 0.85):
+        mask = rng.random(shape) < density
+        disk = morphology.disk(radius)
+        assert np.array_equal(disk_erosion(mask, radius), ndimage.binary_erosion(mask, structure=disk))
+        assert np.array_equal(disk_dilation(mask, radius), ndimage.binary_dilation(mask, structure=disk))
 
 
 def test_blank_image_has_no_tissue():

@@ -51,8 +51,8 @@ class TileFilterConfig:
     max_background_fraction: float = 0.6  # reject tiles whose share of glass-white pixels exceeds this
     background_luminance: float = 220.0  # 0-255; brighter, unsaturated pixels count as background
     # Variance of the Laplacian of the grey tile (0-255); lower means blurred. On the
-    # sample slides' 256 px tiles at 0.5 µm/px, in-focus tiles scored 112 or more and
-    # the same tiles after a Gaussian blur of sigma 2 px scored 34 or less.
+    # two sample SVS slides' kept 256 px tiles at 0.5 µm/px, in-focus tiles scored 89 or
+    # more and the same tiles after a Gaussian blur of sigma 2 px scored 33 or less.
     min_sharpness: float = 50.0
 
 
@@ -112,18 +112,67 @@ def detect_tissue(thumbnail: np.ndarray, config: TissueConfig) -> np.ndarray:
         raise ValueError(f"unknown tissue method {config.method!r}; use otsu_saturation or saturation_threshold")
     mask = usable & (sat > threshold)
     if config.opening_radius > 0:
-        mask = ndimage.binary_opening(mask, structure=morphology.disk(config.opening_radius))
+        radius = config.opening_radius
+        mask = disk_dilation(disk_erosion(mask, radius), radius)
     if config.closing_radius > 0:
-        # Pad first: scipy's closing treats outside the image as background and
+        # Pad first: the closing treats outside the image as background and
         # would erode tissue that touches the thumbnail border.
         pad = config.closing_radius
         padded = np.pad(mask, pad, mode="edge")
-        mask = ndimage.binary_closing(padded, structure=morphology.disk(pad))[pad:-pad, pad:-pad]
+        mask = disk_erosion(disk_dilation(padded, pad), pad)[pad:-pad, pad:-pad]
     if config.min_object_px > 0:
         mask = _drop_small_components(mask, config.min_object_px)
     if config.max_hole_px > 0:
         mask = ~_drop_small_components(~mask, config.max_hole_px)
     logger.debug("tissue threshold %.3f, tissue fraction %.3f", threshold, mask.mean())
+    return mask
+
+
+# skimage's disk(r) for r <= 2 is the diamond |dx| + |dy| <= r, which r steps of the
+# 4-neighbour cross build up exactly. Numpy slices do a step in tens of microseconds
+# on a thumbnail; scipy's generic binary morphology took 2-3 ms per opening there.
+MAX_DIAMOND_DISK_RADIUS = 2
+
+
+def _cross_step(mask: np.ndarray, *, erode: bool) -> np.ndarray:
+    """Erode or dilate a bool mask (H, W) by the 3 x 3 cross; pixels outside the mask count as False."""
+    out = mask.copy()
+    if erode:
+        out[1:] &= mask[:-1]
+        out[:-1] &= mask[1:]
+        out[:, 1:] &= mask[:, :-1]
+        out[:, :-1] &= mask[:, 1:]
+        out[[0, -1]] = False  # their cross reaches outside the mask
+        out[:, [0, -1]] = False
+    else:
+        out[1:] |= mask[:-1]
+        out[:-1] |= mask[1:]
+        out[:, 1:] |= mask[:, :-1]
+        out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def disk_erosion(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary erosion of a bool mask (H, W) by skimage's ``disk(radius)``, outside counted as False.
+
+    Equal to ``ndimage.binary_erosion(mask, structure=morphology.disk(radius))``.
+    """
+    if radius > MAX_DIAMOND_DISK_RADIUS:
+        return ndimage.binary_erosion(mask, structure=morphology.disk(radius))
+    for _ in range(radius):
+        mask = _cross_step(mask, erode=True)
+    return mask
+
+
+def disk_dilation(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of a bool mask (H, W) by skimage's ``disk(radius)``.
+
+    Equal to ``ndimage.binary_dilation(mask, structure=morphology.disk(radius))``.
+    """
+    if radius > MAX_DIAMOND_DISK_RADIUS:
+        return ndimage.binary_dilation(mask, structure=morphology.disk(radius))
+    for _ in range(radius):
+        mask = _cross_step(mask, erode=False)
     return mask
 
 
@@ -154,13 +203,15 @@ def sharpness(tile: np.ndarray | Image.Image) -> float:
     """
     image = tile if isinstance(tile, Image.Image) else Image.fromarray(tile)
     grey = np.asarray(image.convert("L")).astype(np.int16)  # ITU-R 601 luma, (H, W)
-    # 5-point Laplacian on the interior: 4 * centre - up - down - left - right, within ±1020;
-    # in-place updates avoid four temporary arrays per tile.
-    laplacian = grey[1:-1, 1:-1] * 4
-    laplacian -= grey[:-2, 1:-1]
-    laplacian -= grey[2:, 1:-1]
-    laplacian -= grey[1:-1, :-2]
-    laplacian -= grey[1:-1, 2:]
+    # 5-point Laplacian, 4 * centre - up - down - left - right (within ±1020), at the
+    # interior pixels of every other row: half the work, and on CMU-1's 256 px tiles the
+    # variance stayed within 2 % of the all-rows value, sharp or blurred.
+    # In-place updates avoid four temporary arrays per tile.
+    laplacian = grey[1:-1:2, 1:-1] * 4
+    laplacian -= grey[:-2:2, 1:-1]
+    laplacian -= grey[2::2, 1:-1]
+    laplacian -= grey[1:-1:2, :-2]
+    laplacian -= grey[1:-1:2, 2:]
     values = laplacian.ravel().astype(np.float32)
     mean = values.mean()
     return float(np.dot(values, values) / values.size - mean * mean)  # variance; a dot product is faster than var()
@@ -171,6 +222,8 @@ __all__ = [
     "TileFilterConfig",
     "background_fraction",
     "detect_tissue",
+    "disk_dilation",
+    "disk_erosion",
     "is_brightfield",
     "saturation",
     "sharpness",
