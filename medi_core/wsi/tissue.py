@@ -152,16 +152,21 @@ def _cross_step(mask: np.ndarray, *, erode: bool) -> np.ndarray:
     return out
 
 
+def _disk_morphology(mask: np.ndarray, radius: int, *, erode: bool) -> np.ndarray:
+    if radius > MAX_DIAMOND_DISK_RADIUS:
+        operation = ndimage.binary_erosion if erode else ndimage.binary_dilation
+        return operation(mask, structure=morphology.disk(radius))
+    for _ in range(radius):
+        mask = _cross_step(mask, erode=erode)
+    return mask
+
+
 def disk_erosion(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary erosion of a bool mask (H, W) by skimage's ``disk(radius)``, outside counted as False.
 
     Equal to ``ndimage.binary_erosion(mask, structure=morphology.disk(radius))``.
     """
-    if radius > MAX_DIAMOND_DISK_RADIUS:
-        return ndimage.binary_erosion(mask, structure=morphology.disk(radius))
-    for _ in range(radius):
-        mask = _cross_step(mask, erode=True)
-    return mask
+    return _disk_morphology(mask, radius, erode=True)
 
 
 def disk_dilation(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -169,11 +174,7 @@ def disk_dilation(mask: np.ndarray, radius: int) -> np.ndarray:
 
     Equal to ``ndimage.binary_dilation(mask, structure=morphology.disk(radius))``.
     """
-    if radius > MAX_DIAMOND_DISK_RADIUS:
-        return ndimage.binary_dilation(mask, structure=morphology.disk(radius))
-    for _ in range(radius):
-        mask = _cross_step(mask, erode=False)
-    return mask
+    return _disk_morphology(mask, radius, erode=False)
 
 
 def _drop_small_components(mask: np.ndarray, max_px: int) -> np.ndarray:
