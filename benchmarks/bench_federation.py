@@ -163,10 +163,14 @@ def main() -> int:
     parser.add_argument("--superlink-state", default="database", choices=["database", "memory"],
                         help="medi-server --superlink-state; 'memory' for medi-paper (see the benchmark notes)")
     parser.add_argument("--skip-aggregate", action="store_true", help="skip the in-process fp16-vs-fp32 comparison")
+    parser.add_argument("--aggregate-only", action="store_true",
+                        help="run only the in-process fp16-vs-fp32 comparison, without the loopback SuperLink runs")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per loopback run")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--work-dir", type=Path, help="keep run folders and logs here (default: a temporary folder)")
     args = parser.parse_args()
+    if args.aggregate_only and args.skip_aggregate:
+        parser.error("--aggregate-only and --skip-aggregate exclude each other; pass one of them")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("medi_server", "medi_core", "medi_client"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -174,7 +178,7 @@ def main() -> int:
                      "batch_size": args.batch_size}
     with tempfile.TemporaryDirectory(prefix="bench-fed-") as scratch:
         tmp = args.work_dir or Path(scratch)
-        for precision in args.precision:
+        for precision in [] if args.aggregate_only else args.precision:
             rows = loopback_rounds(Path(tmp) / f"loopback-{precision}", args, precision)
             results[precision] = summarise(rows, args.local_steps)
             print(f"{args.preset} {precision}: {json.dumps(results[precision])}", flush=True)
