@@ -38,3 +38,12 @@ def test_prepare_command_bad_csv_exit_code(tmp_path):
     status = main(["prepare", "--slides", str(tmp_path), "--metadata", str(tmp_path / "slides.csv"),
                    "--out", str(tmp_path / "store"), "--no-progress"])
     assert status == 2
+
+
+def test_prepare_command_missing_slide_folder(tmp_path, caplog):
+    (tmp_path / "slides.csv").write_text("slide_id,class\nx,skin\n", encoding="utf-8")
+    status = main(["prepare", "--slides", str(tmp_path / "slidse"), "--metadata", str(tmp_path / "slides.csv"),
+                   "--out", str(tmp_path / "store"), "--no-progress"])
+    assert status == 2
+    assert f"slide folder {tmp_path / 'slidse'} not found" in caplog.text
+    assert not (tmp_path / "store").exists()

@@ -130,8 +130,9 @@ def prepare_slides(
     slide's result as it finishes (the CLI drives its progress bar with them).
     ``retry_skipped`` processes slides that an earlier run skipped even when
     neither their file nor the settings changed.
-    Raises `MetadataError` for an unreadable metadata CSV and `ConfigError` for
-    invalid settings; per-slide problems are reported, never raised.
+    Raises `MetadataError` for an unreadable metadata CSV, `ConfigError` for
+    invalid settings and `DatasetError` for a missing slide folder. Per-slide
+    problems are reported, never raised.
     """
     config.check()
     start = time.perf_counter()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from medi_core.data.tables import read_metadata_csv, site_from_slide_id
+from medi_core.errors import DatasetError
 from medi_core.metadata import CLASS_FIELD, SITE_FIELD
 from medi_core.wsi.reader import SLIDE_SUFFIXES
 
@@ -44,10 +45,14 @@ def find_slide_files(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
     """Expand folders into the slide files they contain (by extension); files are kept as given.
 
     Returns the slide paths and the names of other files found in the folders.
+    Raises `DatasetError` for a missing path without a slide extension, which
+    is most likely a mistyped folder name.
     """
     slides: list[Path] = []
     ignored: list[str] = []
     for path in paths:
+        if not path.exists() and path.suffix.lower() not in SLIDE_SUFFIXES:
+            raise DatasetError(f"slide folder {path} not found; check the --slides path")
         if path.is_dir():
             for child in sorted(path.iterdir()):
                 if child.is_file() and child.suffix.lower() in SLIDE_SUFFIXES:
