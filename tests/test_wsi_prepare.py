@@ -222,6 +222,22 @@ def test_bad_csv_without_class(tmp_path):
         prepare_slides([folder], csv, tmp_path / "s", _config())
 
 
+def test_bad_csv_column_case_names_options(tmp_path):
+    folder = _slides(tmp_path, CMU)
+    csv = _csv(tmp_path, "Slide_ID,Class\nCMU-1-Small-Region,skin\n")
+    with pytest.raises(MetadataError) as raised:
+        prepare_slides([folder], csv, tmp_path / "s", _config())
+    assert "--slide-column Slide_ID" in str(raised.value)
+    assert "--class-column Class" in str(raised.value)
+
+
+def test_bad_csv_semicolon_separated(tmp_path):
+    folder = _slides(tmp_path, CMU)
+    csv = _csv(tmp_path, "slide_id;class\nCMU-1-Small-Region;skin\n")
+    with pytest.raises(MetadataError, match="separated by semicolons: save the file as comma-separated CSV"):
+        prepare_slides([folder], csv, tmp_path / "s", _config())
+
+
 def test_bad_duplicate_slide_ids(tmp_path):
     folder = _slides(tmp_path, CMU)
     csv = _csv(tmp_path, "slide_id,class\nCMU-1-Small-Region,skin\nCMU-1-Small-Region,tumour\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -22,11 +22,14 @@ def read_metadata_csv(
     required: Sequence[str] = (),
     description: str = "metadata CSV",
     error: Callable[[str], Exception] = MetadataError,
+    column_options: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Read a CSV as text columns; GDC missing markers (``'--``, ``Unknown``, empty) become NA.
 
     Raises ``error`` (default `MetadataError`) naming the file when it is missing,
     is not UTF-8, cannot be parsed, or lacks one of the ``required`` columns.
+    ``column_options`` maps a required column to the command-line option that
+    renames it, so the error can name that option.
     """
     path = Path(path)
     if not path.is_file():
@@ -46,12 +49,31 @@ def read_metadata_csv(
     if missing:
         raise error(
             f"{description} {path} lacks the required column(s) {missing}; "
-            f"its columns are {list(table.columns)}"
+            f"its columns are {list(table.columns)}. "
+            + _missing_columns_hint(list(table.columns), missing, column_options or {})
         )
     for column in table.columns:
         values = table[column].str.strip().astype(object)  # object dtype keeps None as None, not NaN
         table[column] = values.where(~values.map(is_missing), None)
     return table
+
+
+def _missing_columns_hint(columns: list[str], missing: list[str], column_options: Mapping[str, str]) -> str:
+    if len(columns) == 1:
+        for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+            if separator in columns[0]:
+                return f"Its header is separated by {name}: save the file as comma-separated CSV."
+    columns_by_lowercase = {column.lower(): column for column in columns}
+    options = []
+    for column in missing:
+        option = column_options.get(column)
+        if option is None:
+            continue
+        similar = columns_by_lowercase.get(column.lower())
+        options.append(f"{option} {similar or 'NAME'}")
+    if not options:
+        return "Add or rename the columns."
+    return f"Add or rename the columns, or pass the names the CSV uses: {' '.join(options)}."
 
 
 def numbers_if_numeric(values: pd.Series) -> pd.Series:

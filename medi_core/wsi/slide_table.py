@@ -92,7 +92,12 @@ def join_slides(
     ids are collected in the result, not raised. Raises `MetadataError` when the
     CSV is missing, not UTF-8, or lacks the slide id or class column.
     """
-    table = read_metadata_csv(csv, required=(slide_column, class_column), description="slide metadata CSV")
+    table = read_metadata_csv(
+        csv,
+        required=(slide_column, class_column),
+        description="slide metadata CSV",
+        column_options={slide_column: "--slide-column", class_column: "--class-column"},
+    )
     result = JoinResult()
     rows: dict[str, dict[str, Any]] = {}
     for record in table.to_dict("records"):
