@@ -252,7 +252,15 @@ def test_unlisted_slide_and_row_reported(tmp_path):
     csv = _csv(tmp_path, "slide_id,class\nCMU-1-Small-Region,skin\nTCGA-A7-A0D9-01Z-00-DX2,tumour\n")
     report = prepare_slides([folder], csv, tmp_path / "s", _config())
     assert report.join.rows_without_slide == ["TCGA-A7-A0D9-01Z-00-DX2"]
-    assert "no row in" in _by_id(report)[NDPI.stem].reason
+    assert f"no row with slide id {NDPI.stem!r}" in _by_id(report)[NDPI.stem].reason
+
+
+def test_csv_id_with_extension_hint(tmp_path, caplog):
+    folder = _slides(tmp_path, CMU)
+    csv = _csv(tmp_path, "slide_id,class\nCMU-1-Small-Region.svs,skin\n")
+    report = prepare_slides([folder], csv, tmp_path / "s", _config())
+    assert report.join.rows_without_slide == ["CMU-1-Small-Region.svs"]
+    assert "write 'CMU-1-Small-Region.svs' as 'CMU-1-Small-Region'" in caplog.text
 
 
 def test_prepare_resumes(tmp_path):

@@ -23,7 +23,7 @@ from medi_core.wsi.config import PrepareConfig
 from medi_core.wsi.process import SlideResult, process_slide
 from medi_core.wsi.report import RunReport
 from medi_core.wsi.skips import matching_skip_record, write_skip_record
-from medi_core.wsi.slide_table import JoinResult, SlideJob, find_slide_files, join_slides
+from medi_core.wsi.slide_table import JoinResult, SlideJob, find_slide_files, join_slides, slide_id_of
 from medi_core.wsi.store import SLIDES_DIR, StoreSettings, open_store_for_writing, slide_key
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,9 @@ def prepare_slides(
 
     skipped_unlisted = [] if config.keep_unlisted else join.unlisted_slides
     for path in skipped_unlisted:
-        results.append(SlideResult(Path(path).stem, path, "skipped", reason=f"no row in {metadata_csv}"))
+        slide_id = slide_id_of(Path(path))
+        reason = f"no row with slide id {slide_id!r} in {metadata_csv}; add one to tile this slide"
+        results.append(SlideResult(slide_id, path, "skipped", reason=reason))
     report = RunReport(results, join, config.to_dict(), time.perf_counter() - start)
     report.write(out)
     logger.info(

@@ -141,10 +141,33 @@ def join_slides(
     result.rows_without_slide = sorted(set(rows) - used_rows)
     if result.unlisted_slides:
         action = "processed without a class" if keep_unlisted else "skipped"
-        logger.warning("%d slide file(s) have no row in %s (%s)", len(result.unlisted_slides), csv, action)
+        logger.warning(
+            "%d slide file(s) have no row in %s (%s): %s",
+            len(result.unlisted_slides), csv, action, _first_names(result.unlisted_slides),
+        )
     if result.rows_without_slide:
-        logger.warning("%d row(s) of %s match no slide file", len(result.rows_without_slide), csv)
+        logger.warning(
+            "%d row(s) of %s match no slide file: %s%s",
+            len(result.rows_without_slide), csv, _first_names(result.rows_without_slide),
+            _file_name_hint(result.rows_without_slide, slide_column),
+        )
     return result
+
+
+def _first_names(names: Sequence[str], limit: int = 10) -> str:
+    listed = ", ".join(names[:limit])
+    return listed if len(names) <= limit else f"{listed} and {len(names) - limit} more"
+
+
+def _file_name_hint(slide_ids: Sequence[str], slide_column: str) -> str:
+    """Return a hint for ids written as file names, which never match because ids drop the extension."""
+    with_suffix = next((i for i in slide_ids if Path(i).suffix.lower() in SLIDE_SUFFIXES), None)
+    if with_suffix is None:
+        return ""
+    return (
+        f"; the {slide_column} column contains file names without the extension, "
+        f"so write {with_suffix!r} as {slide_id_of(Path(with_suffix))!r}"
+    )
 
 
 __all__ = ["JoinResult", "SlideJob", "find_slide_files", "join_slides", "slide_id_of"]
