@@ -275,6 +275,21 @@ def test_prepare_resumes(tmp_path):
     assert shard.stat().st_mtime_ns == written
 
 
+def test_resume_takes_corrected_class(tmp_path):
+    folder = _slides(tmp_path, CMU)
+    prepare_slides([folder], _csv(tmp_path, "slide_id,class,site\nCMU-1-Small-Region,skin,A1\n"), tmp_path / "s", _config())
+    shard = tmp_path / "s" / "slides" / "CMU-1-Small-Region.shard"
+    written = shard.stat().st_mtime_ns
+    corrected = _csv(tmp_path, "slide_id,class,site\nCMU-1-Small-Region,tumour,A1\n")
+    report = prepare_slides([folder], corrected, tmp_path / "s", _config())
+    assert _by_id(report)["CMU-1-Small-Region"].status == "already done"
+    assert _by_id(report)["CMU-1-Small-Region"].metadata["class"] == "tumour"
+    assert shard.stat().st_mtime_ns == written
+    dataset = open_patch_source(tmp_path / "s", image_size=32)
+    assert dataset.records["class"].unique().tolist() == ["tumour"]
+    assert dataset.records["site"].unique().tolist() == ["A1"]
+
+
 def test_prepare_writes_preview_and_report(tmp_path):
     folder = _slides(tmp_path, CMU)
     prepare_slides([folder], _csv(tmp_path, "slide_id,class\nCMU-1-Small-Region,skin\n"), tmp_path / "s", _config())

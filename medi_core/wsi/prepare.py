@@ -24,7 +24,13 @@ from medi_core.wsi.process import SlideResult, process_slide
 from medi_core.wsi.report import RunReport
 from medi_core.wsi.skips import matching_skip_record, write_skip_record
 from medi_core.wsi.slide_table import JoinResult, SlideJob, find_slide_files, join_slides, slide_id_of
-from medi_core.wsi.store import SLIDES_DIR, StoreSettings, open_store_for_writing, slide_key
+from medi_core.wsi.store import (
+    SLIDES_DIR,
+    StoreSettings,
+    open_store_for_writing,
+    slide_key,
+    update_slide_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +38,28 @@ RESOLVED_CONFIG = "prepare_config.json"
 ProgressCallback = Callable[[SlideResult], None]
 
 
-def _finished_result(out: Path, job: SlideJob) -> SlideResult | None:
+def _finished_result(out: Path, job: SlideJob, *, listed: bool) -> SlideResult | None:
+    """Return the result of a slide an earlier run finished, or None.
+
+    When the slide has a CSV row whose metadata differs from the record (a
+    corrected class, say), the record takes the CSV's metadata, because the
+    patches do not depend on it.
+    """
     record_path = out / SLIDES_DIR / f"{slide_key(job.slide_id)}.json"
     if not record_path.exists():
         return None
     record = json.loads(record_path.read_text(encoding="utf-8"))
+    current = json.loads(json.dumps(job.metadata))  # compare in the form the record stores
+    stored = record.get("metadata", {})
+    if listed and current != stored:
+        changes = ", ".join(
+            f"{name}: {stored.get(name)!r} -> {current.get(name)!r}"
+            for name in sorted(set(stored) | set(current))
+            if stored.get(name) != current.get(name)
+        )
+        logger.warning("slide %s: metadata changed since it was tiled (%s); updating its record", job.slide_id, changes)
+        update_slide_metadata(record_path, record, current)
+        record["metadata"] = current
     return SlideResult(
         job.slide_id,
         str(job.path),
@@ -149,8 +172,9 @@ def prepare_slides(
 
     results: list[SlideResult] = []
     pending: list[SlideJob] = []
+    unlisted = set(join.unlisted_slides)
     for job in join.jobs:
-        earlier = _finished_result(out, job)
+        earlier = _finished_result(out, job, listed=str(job.path) not in unlisted)
         if earlier is None and not retry_skipped:
             earlier = _earlier_skip(out, job, config)
         if earlier is None:

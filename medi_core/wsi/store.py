@@ -183,6 +183,11 @@ class SlideShardWriter:
         _atomic_write_text(self.root / SLIDES_DIR / f"{self.key}.json", json.dumps(full, indent=2))
 
 
+def update_slide_metadata(record_path: Path, record: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
+    """Rewrite a finished slide's record with new metadata; its shard and index stay as they are."""
+    _atomic_write_text(record_path, json.dumps({**record, "metadata": dict(metadata)}, indent=2))
+
+
 def read_store_records(root: Path) -> pd.DataFrame:
     """Read every finished slide of a store into one patch table.
 
