@@ -8,7 +8,7 @@ sampler folder stores them as JSON.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from hydra.core.config_store import ConfigStore
 
@@ -16,6 +16,9 @@ from medi_core.errors import ConfigError
 
 Conditioning = Literal["additive", "concat"]
 PredictionType = Literal["epsilon", "v_prediction"]
+# Noise schedules of diffusers' DDPM, DDIM and DPM-Solver schedulers: the linear betas of DDPM (Ho et al. 2020),
+# Stable Diffusion's scaled linear betas, and the cosine schedule of Nichol & Dhariwal (2021).
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 PresetName = Literal["tiny", "small", "medi-paper"]
 
@@ -99,7 +102,7 @@ class DiffusionConfig:
     """The DDPM forward process and training target (Ho et al. 2020)."""
 
     num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
+    beta_schedule: str = "linear"  # one of BetaSchedule; beta_start and beta_end apply to the linear ones
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction_type: str = "epsilon"  # or "v_prediction" (Salimans & Ho 2022)
@@ -108,6 +111,10 @@ class DiffusionConfig:
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(
                 f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}"
+            )
+        if self.beta_schedule not in get_args(BetaSchedule):
+            raise ConfigError(
+                f"beta_schedule must be one of {list(get_args(BetaSchedule))}, got {self.beta_schedule!r}"
             )
 
 

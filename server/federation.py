@@ -64,7 +64,9 @@ class Federation:
         self.settings = settings
         self.run_dir = settings.run_path
         self.model_config: ModelConfig = model_preset(settings.model_preset)
-        self.diffusion_config = DiffusionConfig(prediction_type=settings.prediction_type)
+        self.diffusion_config = DiffusionConfig(
+            prediction_type=settings.prediction_type, beta_schedule=settings.beta_schedule
+        )
         self.strategy: Strategy = build_strategy(settings)
         self.metrics = MetricsLog(self.run_dir)
         self.sites: dict[int, SiteInfo] = {}  # node id -> site, for nodes allowed to train

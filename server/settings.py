@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 from hydra.core.config_store import ConfigStore
 
 from medi_core.balance import BALANCE_POLICIES
-from medi_core.config import PredictionType
+from medi_core.config import BetaSchedule, PredictionType
 from medi_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -31,11 +31,14 @@ UnseenValues = Literal["unknown", "reject"]
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 PRECISIONS = ("float32", "float16")
 PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
+BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
 # The names of `medi_core.sampling.make_scheduler`, spelled here so that reading the settings does not
 # import diffusers (a test keeps both in sync).
 SAMPLE_SCHEDULERS = ("ddim", "dpmsolver++")
-# Prediction type of runs checkpointed before the key existed: the federation then always trained with epsilon.
+# Prediction type and noise schedule of runs checkpointed before these keys existed: the federation then
+# always trained with epsilon and linear betas.
 CHECKPOINT_DEFAULT_PREDICTION_TYPE = "epsilon"
+CHECKPOINT_DEFAULT_BETA_SCHEDULE = "linear"
 
 
 @dataclass
@@ -56,6 +59,8 @@ class FederationSettings:
     lr: float = 1e-4
     condition_dropout: float = 0.1  # per-field probability of training the null condition (CFG)
     prediction_type: str = "epsilon"  # training target: "epsilon" (the noise) or "v_prediction" (Salimans & Ho 2022)
+    # noise schedule: "linear" (DDPM), "scaled_linear" or "squaredcos_cap_v2" (cosine, Nichol & Dhariwal 2021)
+    beta_schedule: str = "linear"
     mixed_precision: str = "auto"
 
     # -- aggregation ------------------------------------------------------------
@@ -107,6 +112,7 @@ class FederationSettings:
             (self.lr > 0, "lr", "a learning rate > 0"),
             (0.0 <= self.condition_dropout < 1.0, "condition-dropout", "a probability in [0, 1)"),
             (self.prediction_type in PREDICTION_TYPES, "prediction-type", f"one of {list(PREDICTION_TYPES)}"),
+            (self.beta_schedule in BETA_SCHEDULES, "beta-schedule", f"one of {list(BETA_SCHEDULES)}"),
             (self.strategy in STRATEGIES, "strategy", f"one of {list(STRATEGIES)}"),
             (self.proximal_mu >= 0, "proximal-mu", "a weight >= 0"),
             (self.min_clients >= 1, "min-clients", "an integer >= 1"),
@@ -172,7 +178,7 @@ class FederationSettings:
         d = self.to_run_config()
         groups = [
             ("run", ["run-name", "run-dir", "num-server-rounds", "resume", "seed"]),
-            ("model", ["model-preset", "prediction-type", "local-steps", "batch-size", "lr", "condition-dropout",
+            ("model", ["model-preset", "prediction-type", "beta-schedule", "local-steps", "batch-size", "lr", "condition-dropout",
                        "mixed-precision"]),
             ("aggregation", ["strategy", "proximal-mu", "server-lr", "server-tau", "min-clients",
                              "max-update-norm", "server-ema-decay", "transfer-precision", "round-timeout"]),
@@ -191,13 +197,17 @@ def check_resumed_settings(settings: FederationSettings, stored: Mapping[str, An
 
     ``stored`` is the run config saved in the checkpoint (``state.json``, key ``settings``).
     """
-    trained = str(stored.get("prediction-type", CHECKPOINT_DEFAULT_PREDICTION_TYPE))
-    if settings.prediction_type != trained:
-        raise ConfigError(
-            f"run config prediction-type = {settings.prediction_type!r} differs from {trained!r}, the target the "
-            f"weights in {checkpoint} were trained for; resume with prediction-type = {trained!r}, or start a new "
-            "run in another run-dir"
-        )
+    trained_with = {
+        "prediction-type": str(stored.get("prediction-type", CHECKPOINT_DEFAULT_PREDICTION_TYPE)),
+        "beta-schedule": str(stored.get("beta-schedule", CHECKPOINT_DEFAULT_BETA_SCHEDULE)),
+    }
+    for key, trained in trained_with.items():
+        value = getattr(settings, key.replace("-", "_"))
+        if value != trained:
+            raise ConfigError(
+                f"run config {key} = {value!r} differs from {trained!r}, the value the weights in {checkpoint} "
+                f"were trained with; resume with {key} = {trained!r}, or start a new run in another run-dir"
+            )
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

@@ -83,6 +83,24 @@ def test_resume_checkpoint_without_key_rejects_v_prediction():
         check_resumed_settings(FederationSettings(prediction_type="v_prediction"), {}, checkpoint="runs/x (round 3)")
 
 
+def test_settings_invalid_beta_schedule_names_key():
+    with pytest.raises(ConfigError, match=r"beta-schedule = 'cosine' is invalid; expected one of \['linear', "):
+        FederationSettings.from_run_config({"beta-schedule": "cosine"})
+
+
+def test_resume_other_beta_schedule_raises():
+    stored = {"prediction-type": "v_prediction", "beta-schedule": "squaredcos_cap_v2"}
+    settings = FederationSettings(prediction_type="v_prediction")
+    with pytest.raises(ConfigError, match=r"beta-schedule = 'linear' differs from 'squaredcos_cap_v2'.*runs/x"):
+        check_resumed_settings(settings, stored, checkpoint="runs/x (round 3)")
+
+
+def test_resume_checkpoint_without_schedule_rejects_cosine():
+    settings = FederationSettings(beta_schedule="squaredcos_cap_v2")
+    with pytest.raises(ConfigError, match="beta-schedule = 'squaredcos_cap_v2' differs from 'linear'"):
+        check_resumed_settings(settings, {"prediction-type": "epsilon"}, checkpoint="runs/x (round 3)")
+
+
 def test_pyproject_lists_every_run_config_key():
     table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert table == DEFAULT_RUN_CONFIG

@@ -1,8 +1,9 @@
-"""Run keys ``prediction-type`` and ``sample-scheduler``: from the run config to training, samplers and synthesis.
+"""Run keys ``prediction-type``, ``beta-schedule`` and ``sample-scheduler``: from the run config to training,
+samplers and synthesis.
 
 Two BRCA-M2C sites (A7, AC) train the tiny model for one round through the
-in-process grid with ``prediction-type = "v_prediction"`` and
-``sample-scheduler = "dpmsolver++"``. Every scheduler that the server's
+in-process grid with ``prediction-type = "v_prediction"``,
+``beta-schedule = "squaredcos_cap_v2"`` and ``sample-scheduler = "dpmsolver++"``. Every scheduler that the server's
 sample grid and the sites' synthesis build is recorded, then the run is
 resumed with the same and with a different prediction type.
 """
@@ -29,6 +30,7 @@ from medi_server.settings import PREDICTION_TYPES, FederationSettings
 
 SITES = {11: "A7", 22: "AC"}
 PREDICTION_TYPE = "v_prediction"
+BETA_SCHEDULE = "squaredcos_cap_v2"
 SCHEDULER = "dpmsolver++"
 
 
@@ -49,13 +51,13 @@ def keyed_run(tmp_path_factory):
     settings = FederationSettings(
         run_dir=str(root / "run"), num_server_rounds=1, local_steps=1, batch_size=2, min_clients=2,
         grid_every=1, grid_steps=2, sample_steps=2, max_synthetic_per_cell=1, holdout_fraction=0.0,
-        prediction_type=PREDICTION_TYPE, sample_scheduler=SCHEDULER,
+        prediction_type=PREDICTION_TYPE, beta_schedule=BETA_SCHEDULE, sample_scheduler=SCHEDULER,
     )
-    built: list[tuple[str, str]] = []  # (scheduler name, prediction type) of every scheduler built
+    built: list[tuple[str, str, str]] = []  # (scheduler name, prediction type, beta schedule) of every scheduler built
     make_scheduler = sampling.make_scheduler
 
     def record(name, diffusion_config):
-        built.append((name, diffusion_config.prediction_type))
+        built.append((name, diffusion_config.prediction_type, diffusion_config.beta_schedule))
         return make_scheduler(name, diffusion_config)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -78,10 +80,12 @@ def test_keys_run_synthesised(keyed_run):
     assert all(result["written"] > 0 for result in keyed_run["report"]["synthesis"].values())
 
 
-def test_keys_train_messages_carry_prediction_type(keyed_run):
+def test_keys_train_messages_carry_diffusion_keys(keyed_run):
     configs = _configs(keyed_run, P.MSG_TRAIN)
     assert len(configs) == len(SITES)
-    assert {json.loads(str(c[P.DIFFUSION_CONFIG]))["prediction_type"] for c in configs} == {PREDICTION_TYPE}
+    diffusion = [json.loads(str(c[P.DIFFUSION_CONFIG])) for c in configs]
+    assert {d["prediction_type"] for d in diffusion} == {PREDICTION_TYPE}
+    assert {d["beta_schedule"] for d in diffusion} == {BETA_SCHEDULE}
 
 
 def test_keys_synthesis_messages_carry_scheduler(keyed_run):
@@ -92,7 +96,7 @@ def test_keys_synthesis_messages_carry_scheduler(keyed_run):
 
 def test_keys_grid_and_sites_sample_with_scheduler(keyed_run):
     # One sample grid after round 1, then one generate call per site.
-    assert keyed_run["built"] == [(SCHEDULER, PREDICTION_TYPE)] * (1 + len(SITES))
+    assert keyed_run["built"] == [(SCHEDULER, PREDICTION_TYPE, BETA_SCHEDULE)] * (1 + len(SITES))
 
 
 def test_keys_sample_grid_written(keyed_run):
@@ -103,12 +107,14 @@ def test_keys_sample_grid_written(keyed_run):
 def test_keys_sampler_folder_records_both(keyed_run, folder):
     sampler = MediSampler.from_pretrained(keyed_run["root"] / folder)
     assert sampler.diffusion_config.prediction_type == PREDICTION_TYPE
+    assert sampler.diffusion_config.beta_schedule == BETA_SCHEDULE
     assert sampler.default_scheduler == SCHEDULER
 
 
-def test_keys_checkpoint_stores_prediction_type(keyed_run):
+def test_keys_checkpoint_stores_diffusion_keys(keyed_run):
     state = json.loads((keyed_run["root"] / "run" / "checkpoints" / "round-0001" / "state.json").read_text())
     assert state["settings"]["prediction-type"] == PREDICTION_TYPE
+    assert state["settings"]["beta-schedule"] == BETA_SCHEDULE
 
 
 def _copy_run(keyed_run, name: str) -> Path:
