@@ -290,6 +290,17 @@ def test_resume_takes_corrected_class(tmp_path):
     assert dataset.records["site"].unique().tolist() == ["A1"]
 
 
+def test_resume_notes_slide_without_row(tmp_path):
+    folder = _slides(tmp_path, CMU)
+    prepare_slides([folder], _csv(tmp_path, "slide_id,class\nCMU-1-Small-Region,skin\n"), tmp_path / "s", _config())
+    report = prepare_slides([folder], _csv(tmp_path, "slide_id,class\nother,skin\n"), tmp_path / "s", _config())
+    assert report.num_patches == 0
+    assert len(report.extra_notes) == 1
+    assert "CMU-1-Small-Region" in report.extra_notes[0]
+    assert "Training still reads their patches" in (tmp_path / "s" / "report.md").read_text()
+    assert len(open_patch_source(tmp_path / "s", image_size=32)) == CMU_PATCHES
+
+
 def test_prepare_writes_preview_and_report(tmp_path):
     folder = _slides(tmp_path, CMU)
     prepare_slides([folder], _csv(tmp_path, "slide_id,class\nCMU-1-Small-Region,skin\n"), tmp_path / "s", _config())

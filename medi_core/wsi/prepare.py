@@ -27,6 +27,7 @@ from medi_core.wsi.slide_table import JoinResult, SlideJob, find_slide_files, jo
 from medi_core.wsi.store import (
     SLIDES_DIR,
     StoreSettings,
+    finished_slide_ids,
     open_store_for_writing,
     slide_key,
     update_slide_metadata,
@@ -133,6 +134,22 @@ def process_jobs(
     return results
 
 
+def _stale_slides_notes(out: Path, results: Sequence[SlideResult]) -> list[str]:
+    """Warn about finished slides in the store that this run did not list, because training still reads them."""
+    in_run = {result.slide_id for result in results if result.status in ("done", "already done")}
+    stale = sorted(finished_slide_ids(out) - in_run)
+    if not stale:
+        return []
+    names = ", ".join(stale[:10]) + (f" and {len(stale) - 10} more" if len(stale) > 10 else "")
+    note = (
+        f"{len(stale)} slide(s) in the store were not part of this run (no CSV row, or no slide file under "
+        f"--slides): {names}. Training still reads their patches, and this report does not count them. "
+        f"To remove a slide from the store, delete its files slides/<key>.* in {out}."
+    )
+    logger.warning("%s", note)
+    return [note]
+
+
 def prepare_slides(
     slides: Sequence[Path],
     metadata_csv: Path,
@@ -195,7 +212,8 @@ def prepare_slides(
         slide_id = slide_id_of(Path(path))
         reason = f"no row with slide id {slide_id!r} in {metadata_csv}; add one to tile this slide"
         results.append(SlideResult(slide_id, path, "skipped", reason=reason))
-    report = RunReport(results, join, config.to_dict(), time.perf_counter() - start)
+    notes = _stale_slides_notes(out, results)
+    report = RunReport(results, join, config.to_dict(), time.perf_counter() - start, extra_notes=notes)
     report.write(out)
     logger.info(
         "prepare finished: %d done, %d skipped, %d patches in %.1f s",
