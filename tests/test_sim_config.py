@@ -48,6 +48,19 @@ def test_quick_federation_trains_v_prediction() -> None:
     assert compose_config().federation.prediction_type == "v_prediction"
 
 
+def test_quick_federation_uses_cosine_schedule() -> None:
+    assert compose_config().federation.beta_schedule == "squaredcos_cap_v2"
+
+
+def test_beta_schedule_override() -> None:
+    assert compose_config("federation.beta_schedule=linear").federation.beta_schedule == "linear"
+
+
+def test_invalid_beta_schedule_names_key() -> None:
+    with pytest.raises(ConfigError, match="run config beta-schedule = 'cosine' is invalid"):
+        compose_config("federation.beta_schedule=cosine")
+
+
 def test_prediction_type_override() -> None:
     config = compose_config("federation.prediction_type=epsilon")
     assert config.federation.prediction_type == "epsilon"
