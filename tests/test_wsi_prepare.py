@@ -240,11 +240,29 @@ def test_bad_csv_semicolon_separated(tmp_path):
 
 def test_bad_duplicate_slide_ids(tmp_path):
     folder = _slides(tmp_path, CMU)
-    csv = _csv(tmp_path, "slide_id,class\nCMU-1-Small-Region,skin\nCMU-1-Small-Region,tumour\n")
+    csv = _csv(tmp_path, "slide_id,class\nCMU-1-Small-Region,skin\nCMU-1-Small-Region,skin\n")
     report = prepare_slides([folder], csv, tmp_path / "s", _config())
     assert report.join.duplicate_ids == ["CMU-1-Small-Region"]
-    assert _by_id(report)["CMU-1-Small-Region"].metadata["class"] == "skin"  # first row kept
+    assert _by_id(report)["CMU-1-Small-Region"].status == "done"  # identical rows count once
+    assert _by_id(report)["CMU-1-Small-Region"].metadata["class"] == "skin"
     assert "duplicate slide ids in the CSV" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_bad_conflicting_duplicate_rows(tmp_path):
+    folder = _slides(tmp_path, CMU, FROZEN)
+    csv = _csv(
+        tmp_path,
+        "slide_id,class,mpp\nCMU-1-Small-Region,skin,\nCMU-1-Small-Region,tumour,\n"
+        f"{FROZEN.stem},tumour,0.5\n",
+    )
+    report = prepare_slides([folder], csv, tmp_path / "s", _config())
+    skipped = _by_id(report)["CMU-1-Small-Region"]
+    assert skipped.status == "skipped"
+    assert "disagree (class 'skin' vs 'tumour')" in skipped.reason
+    assert "keep one row per slide" in skipped.reason
+    assert _by_id(report)[FROZEN.stem].status == "done"  # the other slide is still tiled
+    assert report.join.rows_without_slide == []
+    assert "disagree (class 'skin' vs 'tumour')" in (tmp_path / "s" / "report.md").read_text()
 
 
 def test_unlisted_slide_and_row_reported(tmp_path):

@@ -212,6 +212,12 @@ def prepare_slides(
         slide_id = slide_id_of(Path(path))
         reason = f"no row with slide id {slide_id!r} in {metadata_csv}; add one to tile this slide"
         results.append(SlideResult(slide_id, path, "skipped", reason=reason))
+    for path, slide_id in join.conflicting_slides.items():
+        reason = (
+            f"slide {slide_id}: its rows in {metadata_csv} disagree ({join.conflicting_rows[slide_id]}); "
+            "keep one row per slide and re-run"
+        )
+        results.append(SlideResult(slide_id, path, "skipped", reason=reason))
     notes = _stale_slides_notes(out, results)
     report = RunReport(results, join, config.to_dict(), time.perf_counter() - start, extra_notes=notes)
     report.write(out)

@@ -93,7 +93,10 @@ class RunReport:
         lines += ["", "## Metadata CSV join", ""]
         lines += _list_section("slide files without a CSV row", self.join.unlisted_slides)
         lines += _list_section("CSV rows without a slide file", self.join.rows_without_slide)
-        lines += _list_section("duplicate slide ids in the CSV (first row kept)", self.join.duplicate_ids)
+        lines += _list_section(
+            "duplicate slide ids in the CSV (identical rows count once, and slides whose rows disagree are skipped)",
+            self.join.duplicate_ids,
+        )
         lines += _list_section("slide ids found as more than one file (first kept)", self.join.duplicate_files)
         lines += _list_section("files in slide folders that are not slides", self.join.ignored_files)
 

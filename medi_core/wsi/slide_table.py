@@ -36,7 +36,10 @@ class JoinResult:
     jobs: list[SlideJob] = field(default_factory=list)
     unlisted_slides: list[str] = field(default_factory=list)  # slide files without a CSV row
     rows_without_slide: list[str] = field(default_factory=list)  # CSV slide ids without a file
-    duplicate_ids: list[str] = field(default_factory=list)  # ids on more than one CSV row (first row kept)
+    duplicate_ids: list[str] = field(default_factory=list)  # ids on more than one CSV row
+    # Duplicate ids whose rows disagree, with the differing values; their slides are skipped, not guessed.
+    conflicting_rows: dict[str, str] = field(default_factory=dict)
+    conflicting_slides: dict[str, str] = field(default_factory=dict)  # slide file -> its id, skipped for conflicting rows
     duplicate_files: list[str] = field(default_factory=list)  # slide ids found as more than one file (first kept)
     ignored_files: list[str] = field(default_factory=list)  # files in slide folders that are not slides
 
@@ -75,6 +78,15 @@ def _candidate_ids(slide_id: str) -> list[str]:
     return [slide_id] if base == slide_id else [slide_id, base]
 
 
+def _row_differences(first: dict[str, Any], other: dict[str, Any]) -> str:
+    """Describe the columns where two CSV rows of one slide differ, e.g. ``class 'skin' vs 'tumour'``; empty if equal."""
+    return ", ".join(
+        f"{name} {first.get(name)!r} vs {other.get(name)!r}"
+        for name in first
+        if first.get(name) != other.get(name)
+    )
+
+
 def join_slides(
     slide_paths: Sequence[Path],
     csv: Path,
@@ -106,10 +118,18 @@ def join_slides(
             continue
         if slide_id in rows:
             result.duplicate_ids.append(slide_id)
+            differences = _row_differences(rows[slide_id], record)
+            if differences:
+                known = result.conflicting_rows.get(slide_id)
+                result.conflicting_rows[slide_id] = f"{known}; {differences}" if known else differences
             continue
         rows[slide_id] = record
     if result.duplicate_ids:
-        logger.warning("%s: duplicate slide ids (first row kept): %s", csv, sorted(set(result.duplicate_ids)))
+        identical = sorted(set(result.duplicate_ids) - set(result.conflicting_rows))
+        if identical:
+            logger.warning("%s: slide ids on more than one identical row (one row used): %s", csv, identical)
+        for slide_id, differences in sorted(result.conflicting_rows.items()):
+            logger.warning("%s: rows of slide %s disagree (%s); the slide is skipped", csv, slide_id, differences)
 
     used_rows: set[str] = set()
     seen_ids: set[str] = set()
@@ -121,6 +141,10 @@ def join_slides(
             result.duplicate_files.append(str(path))
             continue
         seen_ids.add(slide_id)
+        if match in result.conflicting_rows:
+            result.conflicting_slides[str(path)] = match
+            used_rows.add(match)
+            continue
         if match is None:
             result.unlisted_slides.append(str(path))
             if not keep_unlisted:
