@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image
 
 from medi_core.data import metadata_counts, open_patch_source
-from medi_core.errors import MetadataError
+from medi_core.errors import DatasetError, MetadataError
 from medi_core.wsi.config import PrepareConfig
 from medi_core.wsi.prepare import prepare_slides
 from medi_core.wsi.preview import KEPT_COLOUR
@@ -317,6 +317,21 @@ def test_resume_notes_slide_without_row(tmp_path):
     assert "CMU-1-Small-Region" in report.extra_notes[0]
     assert "Training still reads their patches" in (tmp_path / "s" / "report.md").read_text()
     assert len(open_patch_source(tmp_path / "s", image_size=32)) == CMU_PATCHES
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        (dict(tiling=TilingConfig(tile_size=128)), "written with tile_size=256, but this run uses tile_size=128"),
+        (dict(jpeg_quality=80), "written with jpeg_quality=90, but this run uses jpeg_quality=80"),
+    ],
+)
+def test_store_rejects_other_settings(tmp_path, changed, message):
+    folder = _slides(tmp_path, CMU)
+    csv = _csv(tmp_path, "slide_id,class\nCMU-1-Small-Region,skin\n")
+    prepare_slides([folder], csv, tmp_path / "s", _config())
+    with pytest.raises(DatasetError, match=message):
+        prepare_slides([folder], csv, tmp_path / "s", _config(**changed))
 
 
 def test_prepare_writes_preview_and_report(tmp_path):

@@ -93,7 +93,8 @@ def open_store_for_writing(root: Path, settings: StoreSettings) -> None:
     (root / SLIDES_DIR).mkdir(parents=True, exist_ok=True)
     if manifest.exists():
         existing = read_store_manifest(root)
-        for name in ("tile_size", "mpp"):
+        # jpeg_quality too: store.json states one quality for every patch in the store
+        for name in ("tile_size", "mpp", "jpeg_quality"):
             if float(existing[name]) != float(getattr(settings, name)):
                 raise DatasetError(
                     f"patch store {root} was written with {name}={existing[name]}, but this run "
