@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from medi_client.prepare import add_prepare_arguments, run_prepare
+from medi_client.prepare import EXIT_STATUS_HELP, add_prepare_arguments, run_prepare
 from medi_client.start import add_start_arguments, run_start
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Detect tissue in whole-slide images, cut grid tiles at a fixed resolution and write "
                     "them with their slide metadata to a resumable patch store, with a preview PNG per slide "
                     "and a run report (report.md, report.json).",
+        epilog=EXIT_STATUS_HELP,
     )
     add_prepare_arguments(prepare)
     prepare.set_defaults(handler=run_prepare)

@@ -23,6 +23,12 @@ from medi_core.wsi.tissue import TileFilterConfig, TissueConfig
 
 logger = logging.getLogger(__name__)
 
+EXIT_STATUS_HELP = (
+    "Exit status: 0 when at least one slide is in the store, even if others were skipped (report.md lists "
+    "them). 1 when no slide is in the store or, with --strict, when any slide was skipped. 2 for invalid input: "
+    "a missing slide folder, an unreadable CSV or an invalid setting."
+)
+
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``prepare`` to ``parser``."""
@@ -79,6 +85,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     store.add_argument("--retry-skipped", action="store_true",
                        help="process slides that an earlier run into --out skipped, even when neither the slide "
                             "file nor the settings changed (changed ones are always tried again)")
+    store.add_argument("--strict", action="store_true",
+                       help="exit with status 1 when any slide is skipped, not only when none is done, so that "
+                            "a scheduler flags the run")
     store.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -98,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    """Run ``prepare``; return 0 when at least one slide is in the store, 1 when none is, 2 on bad input."""
+    """Run ``prepare`` and return its exit status (see `EXIT_STATUS_HELP`)."""
     bar: tqdm | None = None
 
     def on_plan(total: int) -> None:
@@ -132,7 +141,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     for slide in report.skipped:
         earlier = " (by an earlier run; --retry-skipped tries again)" if slide.status == "already skipped" else ""
         logger.warning("skipped %s%s: %s", slide.path, earlier, slide.reason)
-    return 0 if report.done else 1
+    if not report.done or (args.strict and report.skipped):
+        return 1
+    return 0
 
 
-__all__ = ["add_prepare_arguments", "config_from_args", "run_prepare"]
+__all__ = ["EXIT_STATUS_HELP", "add_prepare_arguments", "config_from_args", "run_prepare"]

@@ -33,6 +33,19 @@ def test_prepare_command_runs(tmp_path):
     assert (tmp_path / "store" / "report.md").is_file()
 
 
+@pytest.mark.skipif(not CMU.is_file(), reason=f"real slides not found in {WSI}")
+def test_prepare_strict_fails_on_skip(tmp_path):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    os.symlink(CMU, folder / CMU.name)
+    (folder / "broken.svs").write_bytes(CMU.read_bytes()[:4096])  # a truncated copy: skipped
+    (tmp_path / "slides.csv").write_text("slide_id,class\nCMU-1-Small-Region,skin\nbroken,skin\n", encoding="utf-8")
+    arguments = ["prepare", "--slides", str(folder), "--metadata", str(tmp_path / "slides.csv"),
+                 "--out", str(tmp_path / "store"), "--workers", "1", "--no-progress"]
+    assert main(arguments) == 0  # one slide done, one skipped
+    assert main([*arguments, "--strict"]) == 1  # the re-run lists the earlier skip
+
+
 def test_prepare_command_bad_csv_exit_code(tmp_path):
     (tmp_path / "slides.csv").write_text("slide_id\nx\n", encoding="utf-8")
     status = main(["prepare", "--slides", str(tmp_path), "--metadata", str(tmp_path / "slides.csv"),
