@@ -123,6 +123,8 @@ def test_prepare_ndpi_fluorescence_skipped(tmp_path):
     folder = _slides(tmp_path, NDPI)
     report = prepare_slides([folder], _csv(tmp_path, f"slide_id,class\n{NDPI.stem},x\n"), tmp_path / "s", _config())
     assert "not a brightfield scan" in _by_id(report)[NDPI.stem].reason
+    assert f"see previews/{NDPI.stem}.png" in _by_id(report)[NDPI.stem].reason
+    assert Image.open(tmp_path / "s" / "previews" / f"{NDPI.stem}.png").size[0] > 0  # to check the reason by eye
 
 
 def test_bad_missing_path(tmp_path):
@@ -205,6 +207,8 @@ def test_bad_slide_without_tissue(tmp_path):
     blank = write_synthetic_slide(tmp_path / "blank.svs", width=1024, height=1024, mpp=0.5, downsamples=(1,), tissue=False)
     report = _run_with_cmu(tmp_path, blank)
     assert "no tissue found" in _by_id(report)["blank"].reason
+    assert "see previews/blank.png" in _by_id(report)["blank"].reason
+    assert (tmp_path / "store" / "previews" / "blank.png").is_file()
     assert _by_id(report)["CMU-1-Small-Region"].num_patches == CMU_PATCHES
 
 

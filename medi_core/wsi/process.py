@@ -109,7 +109,22 @@ class _SlidePlan:
     tiles: list[TileSpec]  # grid tiles with enough tissue, row by row
 
 
-def _plan_slide(reader: SlideReader, job: SlideJob, config: PrepareConfig, result: SlideResult) -> _SlidePlan:
+def _skip_with_preview(
+    message: str, preview_path: Path, thumbnail: np.ndarray, mask: np.ndarray, downsample: float, config: PrepareConfig
+) -> SlideReadError:
+    """Write the preview of a slide skipped after its thumbnail was read; return the error naming it.
+
+    The preview lets the user check the reason by eye: a blank or dark slide, or
+    tissue the detector missed.
+    """
+    base = render_preview_base(thumbnail, mask, downsample, max_px=config.preview_max_px)
+    write_preview(preview_path, base, footprint=1.0, kept=(), rejected=())
+    return SlideReadError(f"{message}; see {preview_path.parent.name}/{preview_path.name}")
+
+
+def _plan_slide(
+    reader: SlideReader, job: SlideJob, config: PrepareConfig, result: SlideResult, preview_path: Path
+) -> _SlidePlan:
     """Resolve the MPP, check brightfield, detect tissue and list the tiles to read."""
     mpp, source = resolve_mpp(
         reader.properties, job.slide_id, column_mpp=_parse_column_mpp(job), default_mpp=config.default_mpp
@@ -122,22 +137,27 @@ def _plan_slide(reader: SlideReader, job: SlideJob, config: PrepareConfig, resul
     )
     brightfield, dark = is_brightfield(thumbnail)
     if not brightfield:
-        raise SlideReadError(
+        raise _skip_with_preview(
             f"slide {job.slide_id}: not a brightfield scan ({dark:.0%} of the thumbnail is dark, as in "
-            "fluorescence or dark-field images); only H&E and other brightfield slides are tiled"
+            "fluorescence or dark-field images); only H&E and other brightfield slides are tiled",
+            preview_path, thumbnail, np.zeros(thumbnail.shape[:2], dtype=bool), thumb_downsample, config,
         )
     mask = detect_tissue(thumbnail, config.tissue)
     if not mask.any():
-        raise SlideReadError(f"slide {job.slide_id}: no tissue found in the thumbnail; is the slide blank?")
+        raise _skip_with_preview(
+            f"slide {job.slide_id}: no tissue found in the thumbnail; is the slide blank?",
+            preview_path, thumbnail, mask, thumb_downsample, config,
+        )
 
     grid = make_grid(reader.dimensions, reader.level_downsamples, mpp, config.tiling)
     result.grid_tiles = grid.columns * grid.rows
     tiles = list(plan_tiles(grid, tissue_fractions(mask, grid, thumb_downsample), config.tiling.min_tissue_fraction))
     result.tissue_tiles = len(tiles)
     if not tiles:
-        raise SlideReadError(
+        raise _skip_with_preview(
             f"slide {job.slide_id}: no {config.tiling.tile_size} px tile at {config.tiling.mpp} µm/px has "
-            f"{config.tiling.min_tissue_fraction:.0%} tissue (grid of {result.grid_tiles} tiles)"
+            f"{config.tiling.min_tissue_fraction:.0%} tissue (grid of {result.grid_tiles} tiles)",
+            preview_path, thumbnail, mask, thumb_downsample, config,
         )
     return _SlidePlan(mpp, source, thumbnail, thumb_downsample, mask, grid, tiles)
 
@@ -188,8 +208,8 @@ def _write_tiles(
 
 
 def _tile_slide(reader: SlideReader, job: SlideJob, out: Path, config: PrepareConfig, result: SlideResult) -> None:
-    plan = _plan_slide(reader, job, config, result)
     preview_path = out / PREVIEW_DIR / f"{slide_key(job.slide_id)}.png"
+    plan = _plan_slide(reader, job, config, result, preview_path)
     writer = SlideShardWriter(out, job.slide_id, config.jpeg_quality)
     try:
         # One helper thread builds the preview while the tiles are read, and encodes its
