@@ -142,8 +142,8 @@ def _stale_slides_notes(out: Path, results: Sequence[SlideResult]) -> list[str]:
         return []
     names = ", ".join(stale[:10]) + (f" and {len(stale) - 10} more" if len(stale) > 10 else "")
     note = (
-        f"{len(stale)} slide(s) in the store were not part of this run (no CSV row, or no slide file under "
-        f"--slides): {names}. Training still reads their patches, and this report does not count them. "
+        f"{len(stale)} slide(s) in the store were not part of this run (no CSV row, CSV rows that disagree, "
+        f"or no slide file under --slides): {names}. Training still reads their patches, and this report does not count them. "
         f"To remove a slide from the store, delete its files slides/<key>.* in {out}."
     )
     logger.warning("%s", note)
