@@ -415,6 +415,26 @@ def test_skipped_slide_retried_after_settings_change(tmp_path):
     assert not (tmp_path / "s" / "skipped" / f"{FROZEN.stem}.json").exists()
 
 
+def test_mpp_retries_only_slides_without_resolution(tmp_path, monkeypatch):
+    folder = _slides(tmp_path, NDPI, FROZEN)
+    (folder / "cut.svs").write_bytes(CMU.read_bytes()[:4096])  # cannot be opened
+    csv = _csv(tmp_path, f"slide_id,class\n{NDPI.stem},x\n{FROZEN.stem},HNSC\ncut,x\n")
+    first = prepare_slides([folder], csv, tmp_path / "s", _config())
+    assert {s.status for s in first.slides} == {"skipped"}
+    opened: list[str] = []
+
+    def record_and_process(job, out, config):
+        opened.append(job.slide_id)
+        return process_slide(job, out, config)
+
+    monkeypatch.setattr("medi_core.wsi.prepare.process_slide", record_and_process)
+    second = prepare_slides([folder], csv, tmp_path / "s", _config(default_mpp=0.5))
+    assert opened == [FROZEN.stem]  # the NDPI has its own MPP, and the cut file never opened
+    assert _by_id(second)[FROZEN.stem].status == "done"
+    assert _by_id(second)[NDPI.stem].status == "already skipped"
+    assert _by_id(second)["cut"].status == "already skipped"
+
+
 def test_synthetic_he_slide_tiles_look_like_he(tmp_path):
     textures = sorted((WSI.parent / "patches" / "brca-m2c" / "images").glob("*.png"))[:4]
     if not textures:

@@ -79,15 +79,19 @@ def process_slide(job: SlideJob, out: Path, config: PrepareConfig) -> SlideResul
     """
     start = time.perf_counter()
     result = SlideResult(job.slide_id, str(job.path), "skipped", metadata=dict(job.metadata))
+    opened = False
     try:
         with SlideReader(job.path, job.slide_id) as reader:
+            opened = True
             _tile_slide(reader, job, out, config, result)
         clear_skip_record(out, job.slide_id)
     except SlideReadError as err:
         result.status = "skipped"
         result.reason = str(err)
         logger.warning("skipped %s", err)
-        write_skip_record(out, job, config, result.reason)
+        # --mpp can change the outcome only of an opened slide that had no resolution of its own
+        default_mpp_matters = opened and (result.mpp is None or result.mpp_source == "user --mpp")
+        write_skip_record(out, job, config, result.reason, default_mpp_matters=default_mpp_matters)
     except Exception as err:  # noqa: BLE001 - one slide's unforeseen failure must not stop the run
         logger.exception("slide %s (%s): unexpected error, slide skipped", job.slide_id, job.path)
         result.status = "skipped"

@@ -5,6 +5,8 @@ fingerprint of everything that decided the outcome: the slide file's size and
 modification time, the MPP column value and the run settings. A re-run skips
 the slide again only while the fingerprint matches, so replacing the file,
 adding ``--mpp`` or changing a tissue setting retries it without being asked.
+``--mpp`` counts only for slides whose outcome it can change: those without
+resolution metadata of their own.
 ``--retry-skipped`` retries every recorded slide.
 """
 
@@ -29,14 +31,20 @@ SKIPPED_DIR = "skipped"
 SPEED_SETTINGS = ("workers", "tile_threads")
 
 
-def skip_fingerprint(job: SlideJob, config: PrepareConfig) -> str:
-    """Return a hash of the slide file's size and mtime, its MPP column value and the run settings."""
+def skip_fingerprint(job: SlideJob, config: PrepareConfig, *, default_mpp_matters: bool = True) -> str:
+    """Return a hash of the slide file's size and mtime, its MPP column value and the run settings.
+
+    With ``default_mpp_matters`` False the hash leaves out ``--mpp`` (``default_mpp``):
+    for a slide whose resolution came from its own metadata or the MPP column, or
+    that could not be opened, another ``--mpp`` cannot change the outcome.
+    """
     try:
         stat = job.path.stat()  # follows symbolic links, so a replaced target changes it
         file_state: list[int] | None = [stat.st_size, stat.st_mtime_ns]
     except OSError:
         file_state = None  # missing or unreadable; appearing later changes the fingerprint
-    settings = {name: value for name, value in config.to_dict().items() if name not in SPEED_SETTINGS}
+    ignored = SPEED_SETTINGS if default_mpp_matters else (*SPEED_SETTINGS, "default_mpp")
+    settings = {name: value for name, value in config.to_dict().items() if name not in ignored}
     payload = json.dumps(
         {"file": file_state, "column_mpp": job.column_mpp, "settings": settings}, sort_keys=True, default=str
     )
@@ -47,15 +55,18 @@ def _record_path(out: Path, slide_id: str) -> Path:
     return out / SKIPPED_DIR / f"{slide_key(slide_id)}.json"
 
 
-def write_skip_record(out: Path, job: SlideJob, config: PrepareConfig, reason: str) -> None:
-    """Record that ``job`` was skipped for ``reason`` under the current file and settings."""
+def write_skip_record(
+    out: Path, job: SlideJob, config: PrepareConfig, reason: str, *, default_mpp_matters: bool = True
+) -> None:
+    """Record that ``job`` was skipped for ``reason`` under the current file and settings (see `skip_fingerprint`)."""
     path = _record_path(out, job.slide_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "slide_id": job.slide_id,
         "path": str(job.path),
         "reason": reason,
-        "fingerprint": skip_fingerprint(job, config),
+        "fingerprint": skip_fingerprint(job, config, default_mpp_matters=default_mpp_matters),
+        "default_mpp_matters": default_mpp_matters,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -73,7 +84,9 @@ def matching_skip_record(out: Path, job: SlideJob, config: PrepareConfig) -> dic
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         logger.warning("slide %s: skip record %s is damaged (%s); trying the slide again", job.slide_id, path, err)
         return None
-    if record.get("slide_id") != job.slide_id or record.get("fingerprint") != skip_fingerprint(job, config):
+    # records written before the flag existed hashed --mpp for every slide
+    fingerprint = skip_fingerprint(job, config, default_mpp_matters=bool(record.get("default_mpp_matters", True)))
+    if record.get("slide_id") != job.slide_id or record.get("fingerprint") != fingerprint:
         logger.info("slide %s: skipped by an earlier run, but its file or the settings changed; trying again", job.slide_id)
         return None
     return record
