@@ -14,8 +14,10 @@ switched off, so the node connects to nothing but its SuperLink::
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 from pathlib import Path
 
 import tomli_w
@@ -116,6 +118,24 @@ def supernode_command(args: argparse.Namespace, node_config_file: Path) -> list[
     return cmd
 
 
+def check_runtime_port_free(port: int) -> None:
+    """Raise `ConfigError` when 127.0.0.1:``port``, where the SuperNode serves its Runtime API, is taken.
+
+    Flower would otherwise stop with a traceback after the node has started.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the Runtime API server binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigError(
+                f"--runtime-port {port}: 127.0.0.1:{port} is already in use, for example by another SuperNode on "
+                "this machine; each node on one host needs its own port, so pass a free one with --runtime-port"
+            ) from None
+
+
 def run_start(args: argparse.Namespace) -> int:
     """Write the node config and replace this process by the SuperNode (signals reach it directly)."""
     try:
@@ -125,6 +145,7 @@ def run_start(args: argparse.Namespace) -> int:
         config_file = output / "node-config.toml"
         config_file.write_text(tomli_w.dumps(config), encoding="utf-8")
         cmd = supernode_command(args, config_file)
+        check_runtime_port_free(args.runtime_port)
     except ConfigError as err:
         logger.error("%s", err)
         return 2
