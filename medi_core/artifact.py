@@ -186,6 +186,7 @@ def render_model_card(card: Mapping[str, Any], config: Mapping[str, Any]) -> str
         "",
         f"- preset `{model['preset']}`, {model['sample_size']} px, block channels {model['block_out_channels']}",
         f"- conditioning: {model['conditioning']}; prediction: {config['diffusion']['prediction_type']}",
+        f"- noise schedule: {config['diffusion']['beta_schedule']}, {config['diffusion']['num_train_timesteps']} training timesteps",
         f"- default sampler: {config['sampling']['scheduler']}, {config['sampling']['num_steps']} steps",
         "",
         "## Training",

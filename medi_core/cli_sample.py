@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from medi_core.artifact import MediSampler
+from medi_core.artifact import CONFIG_NAME, MediSampler
 from medi_core.errors import MediError, MetadataError
 from medi_core.imaging import contact_sheet, save_png
 from medi_core.metadata import MetadataSpec, is_missing
@@ -124,6 +124,12 @@ def run(args: argparse.Namespace) -> Path:
         kwargs["num_steps"] = args.steps
     if args.scheduler is not None:
         kwargs["scheduler"] = args.scheduler
+    diffusion = sampler.diffusion_config
+    logger.info(
+        "sampling %d image(s) with %s in %d steps (prediction type %s, noise schedule %s, from %s)",
+        len(all_seeds), kwargs.get("scheduler", sampler.default_scheduler), kwargs.get("num_steps", sampler.default_steps),
+        diffusion.prediction_type, diffusion.beta_schedule, args.sampler / CONFIG_NAME,
+    )
     images = to_uint8_images(sampler.generate(all_conditions, all_seeds, **kwargs))
     args.out.mkdir(parents=True, exist_ok=True)
     start = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -73,3 +74,17 @@ def test_console_script_help_states_units():
     )
     assert "--guidance" in result.stdout
     assert "images per condition" in result.stdout
+
+
+def test_cli_logs_stored_noise_schedule(tmp_path, caplog):
+    torch.manual_seed(0)
+    folder = tmp_path / "sampler"
+    diffusion = DiffusionConfig(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    MediSampler(build_model(model_preset("tiny"), SPEC), diffusion, {"rounds": 0}).save_pretrained(folder)
+
+    with caplog.at_level(logging.INFO, logger="medi_sample"):
+        code = main(["--sampler", str(folder), "--class", "tumor", "--n", "1", "--steps", "2", "--out", str(tmp_path / "o")])
+
+    assert code == 0
+    assert "with ddim in 2 steps (prediction type v_prediction, noise schedule squaredcos_cap_v2" in caplog.text
+    assert "- noise schedule: squaredcos_cap_v2, 1000 training timesteps" in (folder / "README.md").read_text()
