@@ -88,8 +88,7 @@ def _new_state(args: argparse.Namespace) -> dict[str, Any]:
     FederationSettings.from_run_config(overrides)  # reject invalid settings before anything starts
     keys = [str(Path(k).expanduser().resolve()) for k in args.supernode_key]
     for key in keys:
-        if not Path(key).is_file():
-            raise ConfigError(f"SuperNode public key {key} not found")
+        sl.check_supernode_public_key(Path(key))
     return {"host": args.host, "port": args.port, "certs": certs, "supernode_auth": auth,
             "superlink_state": args.superlink_state,
             "supernode_keys": keys, "registered": [], "run_config": overrides, "runs": []}

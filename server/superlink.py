@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import tomli_w
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
-from medi_core.errors import FederationError
+from medi_core.errors import ConfigError, FederationError
 from medi_client.flower_env import flower_environment, flower_executable  # noqa: F401 - callers use sl.flower_environment
 
 logger = logging.getLogger(__name__)
@@ -158,6 +161,30 @@ def _flwr(args: Sequence[str], *, env: Mapping[str, str], timeout: float, cwd: P
         [flower_executable("flwr"), *args],
         env=dict(env), capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False,
     )
+
+
+def check_supernode_public_key(public_key: Path) -> None:
+    """Raise `ConfigError` unless ``public_key`` is an OpenSSH elliptic-curve public key, as Flower 1.42 requires.
+
+    A wrong file would otherwise fail only at registration, after the SuperLink has started.
+    """
+    if not public_key.is_file():
+        raise ConfigError(f"SuperNode public key {public_key} not found; pass the site's .pub file")
+    data = public_key.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        raise ConfigError(
+            f"--supernode-key {public_key} is a private key or PEM file, not an OpenSSH public key; "
+            f"pass the site's public key ({public_key.name}.pub from generate_certs.py) and keep the private key at the site"
+        )
+    try:
+        key = load_ssh_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ConfigError(
+            f"--supernode-key {public_key} is not an OpenSSH elliptic-curve public key (a line like "
+            "'ecdsa-sha2-nistp384 AAAA...'); pass the site's .pub file from deploy/certs/generate_certs.py"
+        )
 
 
 def register_supernode(public_key: Path, *, env: Mapping[str, str], name: str | None = None) -> int:
