@@ -82,6 +82,31 @@ def check_config(config: SimConfig) -> None:
         )
     if not config.federation.synthesize:
         raise ConfigError("federation.synthesize=false leaves configuration (d) without patches; medi-sim needs synthesis")
+    _check_later_stages(config)
+
+
+def _check_later_stages(config: SimConfig) -> None:
+    """Reject options of the baselines and the evaluation now, so a typo does not cost a whole federation."""
+    baselines = config.baselines
+    if baselines.steps is not None and baselines.steps < 1:
+        raise ConfigError(f"baselines.steps must be >= 1, or null for the federation's total, got {baselines.steps}")
+    if baselines.workers < 1:
+        raise ConfigError(f"baselines.workers must be >= 1, got {baselines.workers}")
+    if baselines.torch_threads < 1:
+        raise ConfigError(f"baselines.torch_threads must be >= 1, got {baselines.torch_threads}")
+
+    evaluation = config.evaluation
+    if not evaluation.seeds:
+        raise ConfigError("evaluation.seeds is empty, so no probe would be trained; give at least one seed, for example 'evaluation.seeds=[0]'")
+    if evaluation.synthetic_ratio is not None and evaluation.synthetic_ratio < 0:
+        raise ConfigError(
+            f"evaluation.synthetic_ratio must be >= 0, or null to add every synthetic patch, got {evaluation.synthetic_ratio}"
+        )
+    for key in ("real_per_class", "num_train_sites", "max_real_per_cell"):
+        value = getattr(evaluation, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"evaluation.{key} must be >= 1, or null for no limit, got {value}")
+    evaluation.encoder.to_encoder_config()
 
 
 def federation_settings(config: SimConfig, split: SiteSplit, run_dir: Path) -> FederationSettings:

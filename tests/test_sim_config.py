@@ -134,6 +134,31 @@ def test_check_rejects_no_synthesis() -> None:
         check_config(config)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("baselines.steps=-5", "baselines.steps must be >= 1, or null"),
+        ("baselines.workers=0", "baselines.workers must be >= 1, got 0"),
+        ("baselines.torch_threads=0", "baselines.torch_threads must be >= 1, got 0"),
+        ("evaluation.seeds=[]", "evaluation.seeds is empty"),
+        ("evaluation.synthetic_ratio=-1", "evaluation.synthetic_ratio must be >= 0"),
+        ("evaluation.real_per_class=0", "evaluation.real_per_class must be >= 1"),
+        ("evaluation.num_train_sites=0", "evaluation.num_train_sites must be >= 1"),
+        ("evaluation.max_real_per_cell=0", "evaluation.max_real_per_cell must be >= 1"),
+        ("evaluation.encoder.kind=vit", "evaluation.encoder.kind='vit' is invalid"),
+    ],
+)
+def test_check_rejects_invalid_later_stage_option(override: str, message: str) -> None:
+    # These options are read only after the federation, so check_config must reject them before it starts.
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_config(override))
+
+
+def test_check_accepts_quick_defaults() -> None:
+    check_config(compose_config())
+    check_config(compose_config("data=toy", "evaluation=full"))
+
+
 def _split(tmp_path: Path, sites: list[str]) -> SiteSplit:
     plan = plan_sites(pd.Series({site: 5 for site in [*sites, "H"]}), holdout_tss=["H"])
     manifests = {site: tmp_path / site / "patches.csv" for site in sites}
