@@ -97,7 +97,10 @@ def _check_later_stages(config: SimConfig) -> None:
 
     evaluation = config.evaluation
     if not evaluation.seeds:
-        raise ConfigError("evaluation.seeds is empty, so no probe would be trained; give at least one seed, for example 'evaluation.seeds=[0]'")
+        raise ConfigError(
+            "evaluation.seeds is empty, so no probe would be trained; give at least one seed, for example "
+            "'evaluation.seeds=[0]'"
+        )
     if evaluation.synthetic_ratio is not None and evaluation.synthetic_ratio < 0:
         raise ConfigError(
             f"evaluation.synthetic_ratio must be >= 0, or null to add every synthetic patch, got {evaluation.synthetic_ratio}"
@@ -166,6 +169,8 @@ def describe(
         f"Synthesis: balance policy {settings.balance_policy!r}, at most {settings.max_synthetic_per_cell or 'any number of'} "
         f"patches per (site, class), {settings.sample_scheduler} with {settings.sample_steps} steps. Central baselines: "
         f"{steps} optimiser steps each on the pooled training patches, sampled with {baseline_scheduler(config)}.",
+        f"Seed: {config.seed} for the federation, the central baselines and their samplers. A random choice of "
+        f"held-out sites (data.holdout_fraction) uses data.split_seed ({config.data.split_seed}) instead.",
         f"Downstream encoder: {encoder}; probes: class-balanced logistic regression, seeds {list(config.evaluation.seeds)}.",
         f"Scale: {settings.num_server_rounds * settings.local_steps} optimiser steps per site and {steps} per baseline. "
         "Runs of this length check the pipeline; their differences between configurations are not evidence for or "

@@ -10,10 +10,11 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from medi_core.config import DiffusionConfig
 from medi_core.errors import ConfigError
 from medi_core.evaluation.encoders import EncoderConfig
 from medi_sim.config import QUICK_LR, EncoderSimConfig, SimConfig, register_configs
-from medi_sim.pipeline import baseline_scheduler, baseline_steps, check_config, federation_settings
+from medi_sim.pipeline import baseline_scheduler, baseline_steps, check_config, describe, federation_settings
 from medi_sim.sites import SiteSplit
 from medi_sim.tcga_split import plan_sites
 
@@ -186,3 +187,14 @@ def test_baseline_steps_match_federation_total() -> None:
 
 def test_baseline_steps_explicit() -> None:
     assert baseline_steps(compose_config("baselines.steps=5"), 4) == 5
+
+
+def test_describe_states_run_seed(tmp_path: Path) -> None:
+    config = compose_config("seed=7")
+    split = _split(tmp_path, ["A", "B", "C"])
+    settings = federation_settings(config, split, tmp_path)
+    lines = describe(config, split, settings, "cnn", 400, DiffusionConfig())
+    seed_lines = [line for line in lines if line.startswith("Seed: ")]
+    assert len(seed_lines) == 1
+    assert seed_lines[0].startswith("Seed: 7 for the federation")
+    assert "data.split_seed (0)" in seed_lines[0]
