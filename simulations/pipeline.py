@@ -17,7 +17,8 @@ Layout of ``RUN_DIR``:
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, is_dataclass, replace
+from difflib import get_close_matches
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -62,8 +63,31 @@ NOTHING_REQUESTED = (
 )
 
 
+def _unknown_options(node: object, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """Return each dotted key set on ``node`` that is no field of its dataclass, paired with that dataclass's fields.
+
+    Hydra's ``+key=value`` adds such keys to a structured config, and `OmegaConf.to_object` keeps them as plain
+    attributes that no stage reads.
+    """
+    names = [f.name for f in fields(node)]
+    found = [(f"{prefix}{key}", names) for key in vars(node) if key not in names]
+    for name in names:
+        value = getattr(node, name)
+        if is_dataclass(value):
+            found += _unknown_options(value, f"{prefix}{name}.")
+    return found
+
+
 def check_config(config: SimConfig) -> None:
     """Reject combinations the run could only honour by silently ignoring an option."""
+    for key, known in _unknown_options(config):
+        parent, _, name = key.rpartition(".")
+        close = [f"{parent}.{match}" if parent else match for match in get_close_matches(name, known, n=1)]
+        hint = f"Did you mean {close[0]}? " if close else ""
+        raise ConfigError(
+            f"unknown option {key}, which no stage of medi-sim reads. {hint}Set an existing option without '+', "
+            "and see `medi-sim --cfg job` for every option"
+        )
     preset = model_preset(config.model.preset)
     if asdict(config.model) != asdict(preset):
         raise ConfigError(

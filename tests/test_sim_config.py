@@ -198,3 +198,22 @@ def test_describe_states_run_seed(tmp_path: Path) -> None:
     assert len(seed_lines) == 1
     assert seed_lines[0].startswith("Seed: 7 for the federation")
     assert "data.split_seed (0)" in seed_lines[0]
+
+
+def test_check_rejects_added_unknown_key() -> None:
+    # Hydra suggests '+key=value' for a misspelt key, and the structured config then keeps the key unread.
+    config = compose_config("+federation.num_server_round=3")
+    assert config.federation.num_server_rounds == 10
+    expected = "unknown option federation.num_server_round, .* Did you mean federation.num_server_rounds\\?"
+    with pytest.raises(ConfigError, match=expected):
+        check_config(config)
+
+
+def test_check_rejects_added_top_level_key() -> None:
+    with pytest.raises(ConfigError, match="unknown option sead, .* Did you mean seed\\?"):
+        check_config(compose_config("+sead=1"))
+
+
+def test_check_accepts_documented_plus_keys() -> None:
+    check_config(compose_config("+privacy.site_max_epsilon={AC:2.0}"))
+    check_config(compose_config("+evaluation.encoder.timm_kwargs={init_values:1e-5}"))
