@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flower 1.42's pattern for one KEY=VALUE pair of --run-config (flwr.common.config.parse_config_args).
+RUN_CONFIG_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
+RUN_CONFIG_EXAMPLE = "--run-config 'num-server-rounds=2 beta-schedule=\"squaredcos_cap_v2\"'"
+
+
+def run_config_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Parse the ``--run-config`` values: one ``.toml`` file, or TOML ``KEY=VALUE`` pairs.
+
+    Flower's parser ignores text that is not a pair, so a mistyped file name
+    such as ``run-config.tml`` would run with the package defaults.
+    """
+    files = [item for item in items if item.endswith(".toml")]
+    if files and len(items) > 1:
+        raise ConfigError(
+            f"--run-config {files[0]} is a file, which cannot be combined with other --run-config values; "
+            "put every setting into the file"
+        )
+    if files:
+        path = Path(files[0]).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"run config file {path} not found; check the path given to --run-config")
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"run config file {path} is not valid TOML: {err}") from None
+        return parse_config_args(items)
+    for item in items:
+        leftover = RUN_CONFIG_PAIR.sub("", item).strip()
+        if leftover:
+            hint = (f"a run config file must end in .toml, so rename {item}" if Path(item).expanduser().is_file()
+                    else f"pass a .toml file or KEY=VALUE pairs, for example {RUN_CONFIG_EXAMPLE}")
+            raise ConfigError(f"--run-config {item!r}: {leftover!r} is not a KEY=VALUE pair; {hint}")
+        pairs = "\n".join(f"{key} = {value}" for key, value in RUN_CONFIG_PAIR.findall(item))
+        try:
+            tomllib.loads(pairs)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(
+                f"--run-config {item!r} is invalid ({err}); text values need double quotes inside the shell's "
+                f"single quotes, for example {RUN_CONFIG_EXAMPLE}"
+            ) from None
+    return parse_config_args(items)
+
+
 def _new_state(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = args.run_dir.expanduser().resolve()
     if (run_dir / STATE_FILE).exists():
@@ -82,7 +127,7 @@ def _new_state(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("SuperNode authentication is on but no --supernode-key was given; pass one public key per site")
     if not auth:
         logger.warning("--no-supernode-auth: any SuperNode that reaches %s:%d may join the federation", args.host, args.port)
-    overrides = parse_config_args(args.run_config) if args.run_config else {}
+    overrides = run_config_overrides(args.run_config) if args.run_config else {}
     overrides = {k: v for k, v in overrides.items() if k not in ("run-dir", "resume")}
     overrides["run-dir"] = str(run_dir)
     FederationSettings.from_run_config(overrides)  # reject invalid settings before anything starts
@@ -163,6 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_dir = args.resume.expanduser().resolve()
             if not (run_dir / STATE_FILE).is_file():
                 raise ConfigError(f"{run_dir / STATE_FILE} not found; --resume needs a folder started by medi-server")
+            if args.run_config:
+                raise ConfigError(
+                    f"--resume takes no --run-config: the run keeps the settings stored under \"run_config\" in "
+                    f"{run_dir / STATE_FILE}; edit that file to change one (prediction-type and beta-schedule "
+                    "must match the checkpoints)"
+                )
             state = json.loads((run_dir / STATE_FILE).read_text())
             logger.info("resuming the run in %s", run_dir)
         else:
