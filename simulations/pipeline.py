@@ -166,6 +166,10 @@ def baseline_steps(config: SimConfig, num_sites: int) -> int:
     return config.federation.num_server_rounds * config.federation.local_steps * num_sites
 
 
+def _count_classes(count: int) -> str:
+    return "1 class" if count == 1 else f"{count} classes"
+
+
 def describe(
     config: SimConfig,
     split: SiteSplit,
@@ -178,14 +182,19 @@ def describe(
     train = split.counts[split.counts["split"] == "train"]
     per_site = ", ".join(f"{site} ({int(part['count'].sum())})" for site, part in train.groupby("site", sort=False))
     holdout = split.counts[split.counts["split"] == "holdout"]
+    # A held-out site with a few patches of one class decides the worst-site accuracy, so show its size.
+    held_out = ", ".join(
+        f"{site} ({int(part['count'].sum())} patches, {_count_classes(part['class'].nunique())})"
+        for site, part in holdout.groupby("site")
+    )
     epsilon = f"max ε {config.privacy.max_epsilon} per site" if config.privacy.max_epsilon > 0 else "no differential privacy"
     if config.privacy.site_max_epsilon:
         epsilon += f", per-site budgets {dict(config.privacy.site_max_epsilon)}"
     return [
         f"Data: {config.data.name} ({config.data.path or 'generated in the run folder'}), split by tissue source site "
         f"with grouping {config.data.grouping!r}.",
-        f"Training sites (patches): {per_site}. Held-out TSS codes: {', '.join(sorted(set(holdout['site'])))} "
-        f"({int(holdout['count'].sum())} patches, never used for training).",
+        f"Training sites (patches): {per_site}. Held-out TSS codes: {held_out} "
+        f"({int(holdout['count'].sum())} patches in all, never used for training).",
         f"Model: {config.model.preset} preset, {config.model.sample_size} px. Federation: {settings.num_server_rounds} rounds "
         f"x {settings.local_steps} local steps, batch {settings.batch_size}, lr {settings.lr:g}, {settings.strategy}, {epsilon}. "
         f"Diffusion: {diffusion.num_train_timesteps} steps, {diffusion.beta_schedule} betas, "

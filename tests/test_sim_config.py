@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -217,3 +217,18 @@ def test_check_rejects_added_top_level_key() -> None:
 def test_check_accepts_documented_plus_keys() -> None:
     check_config(compose_config("+privacy.site_max_epsilon={AC:2.0}"))
     check_config(compose_config("+evaluation.encoder.timm_kwargs={init_values:1e-5}"))
+
+
+def test_describe_counts_held_out_sites(tmp_path: Path) -> None:
+    config = compose_config()
+    rows = [
+        ["train", "A", "tumour", 4],
+        ["holdout", "H", "tumour", 2],
+        ["holdout", "G", "tumour", 1],
+        ["holdout", "G", "stroma", 3],
+    ]
+    counts = pd.DataFrame(rows, columns=["split", "site", "class", "count"])
+    split = replace(_split(tmp_path, ["A", "B", "C"]), counts=counts)
+    settings = federation_settings(config, split, tmp_path)
+    lines = describe(config, split, settings, "cnn", 400, DiffusionConfig())
+    assert "Held-out TSS codes: G (4 patches, 2 classes), H (2 patches, 1 class) (6 patches in all" in lines[1]
