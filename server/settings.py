@@ -10,6 +10,7 @@ Hydra's ConfigStore (group ``federation``) for the simulation CLI.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -166,7 +167,9 @@ class FederationSettings:
         for key, value in run_config.items():
             name = str(key).replace("-", "_")
             if name not in names:
-                raise ConfigError(f"unknown run config key {key!r}; valid keys are {sorted(DEFAULT_RUN_CONFIG)}")
+                close = difflib.get_close_matches(str(key), DEFAULT_RUN_CONFIG, n=1)
+                suggestion = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(f"unknown run config key {key!r}; {suggestion}valid keys are {sorted(DEFAULT_RUN_CONFIG)}")
             values[name] = _coerce(key, value, type(getattr(cls(), name)))
         return cls(**values)
 

@@ -34,6 +34,11 @@ def test_settings_unknown_key_raises():
         FederationSettings.from_run_config({"num-rounds": 3})
 
 
+def test_settings_unknown_key_suggests_close_key():
+    with pytest.raises(ConfigError, match="unknown run config key 'local-step'; did you mean 'local-steps'?"):
+        FederationSettings.from_run_config({"local-step": 3})
+
+
 def test_settings_invalid_value_names_key():
     with pytest.raises(ConfigError, match="run config strategy = 'fedsgd' is invalid"):
         FederationSettings(strategy="fedsgd")
