@@ -133,7 +133,16 @@ def _check_later_stages(config: SimConfig) -> None:
         value = getattr(evaluation, key)
         if value is not None and value < 1:
             raise ConfigError(f"evaluation.{key} must be >= 1, or null for no limit, got {value}")
-    evaluation.encoder.to_encoder_config()
+    encoder = evaluation.encoder
+    encoder.to_encoder_config()
+    if encoder.kind == "timm":
+        if not encoder.timm_model:
+            raise ConfigError("evaluation.encoder.kind=timm needs evaluation.encoder.timm_model, a timm architecture name")
+        if not encoder.weights_path or not Path(encoder.weights_path).expanduser().is_file():
+            raise ConfigError(
+                f"evaluation.encoder.weights_path={encoder.weights_path!r} is not a file; the timm encoder loads its "
+                "weights from a local file and downloads nothing"
+            )
 
 
 def federation_settings(config: SimConfig, split: SiteSplit, run_dir: Path) -> FederationSettings:

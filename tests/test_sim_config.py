@@ -232,3 +232,14 @@ def test_describe_counts_held_out_sites(tmp_path: Path) -> None:
     settings = federation_settings(config, split, tmp_path)
     lines = describe(config, split, settings, "cnn", 400, DiffusionConfig())
     assert "Held-out TSS codes: G (4 patches, 2 classes), H (2 patches, 1 class) (6 patches in all" in lines[1]
+
+
+def test_check_rejects_timm_without_weights(tmp_path: Path) -> None:
+    missing = tmp_path / "uni.bin"
+    timm = ["evaluation.encoder.kind=timm", "evaluation.encoder.timm_model=vit_large_patch16_224"]
+    with pytest.raises(ConfigError, match="needs evaluation.encoder.timm_model"):
+        check_config(compose_config("evaluation.encoder.kind=timm", f"evaluation.encoder.weights_path={missing}"))
+    with pytest.raises(ConfigError, match=f"evaluation.encoder.weights_path='{missing}' is not a file"):
+        check_config(compose_config(*timm, f"evaluation.encoder.weights_path={missing}"))
+    missing.write_bytes(b"")
+    check_config(compose_config(*timm, f"evaluation.encoder.weights_path={missing}"))
