@@ -209,7 +209,8 @@ def check_resumed_settings(settings: FederationSettings, stored: Mapping[str, An
         if value != trained:
             raise ConfigError(
                 f"run config {key} = {value!r} differs from {trained!r}, the value the weights in {checkpoint} "
-                f"were trained with; resume with {key} = {trained!r}, or start a new run in another run-dir"
+                f"were trained with; set {key} = {trained!r} again (medi-server --resume reads the run config "
+                "from the run folder's federation.json), or start a new run in another run-dir"
             )
 
 

@@ -96,7 +96,8 @@ def test_settings_invalid_beta_schedule_names_key():
 def test_resume_other_beta_schedule_raises():
     stored = {"prediction-type": "v_prediction", "beta-schedule": "squaredcos_cap_v2"}
     settings = FederationSettings(prediction_type="v_prediction")
-    with pytest.raises(ConfigError, match=r"beta-schedule = 'linear' differs from 'squaredcos_cap_v2'.*runs/x"):
+    with pytest.raises(ConfigError, match=r"beta-schedule = 'linear' differs from 'squaredcos_cap_v2'.*runs/x.*"
+                                          r"set beta-schedule = 'squaredcos_cap_v2' again .*federation\.json"):
         check_resumed_settings(settings, stored, checkpoint="runs/x (round 3)")
 
 
