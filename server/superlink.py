@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -116,7 +117,7 @@ def start_process(cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path,
     """Start ``cmd`` in its own process group with stdout and stderr going to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handle: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-    logger.info("starting %s (log: %s)", " ".join(cmd[:2]), log_path)
+    logger.info("starting %s (log: %s)", shlex.join(cmd), log_path)  # paths only, no key material
     return subprocess.Popen(
         list(cmd), env=dict(env), stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
     )
