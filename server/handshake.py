@@ -70,6 +70,8 @@ def request_summaries(
                 site_id, list(summary.fields), settings.fields_list,
             )
             continue
+        # NOTE: the site id is taken as the node reports it. Nothing checks it against the SuperNode
+        # key the node authenticated with, so a hospital holding another site's key can claim that site.
         sites[node] = SiteInfo(node_id=node, site_id=site_id, summary=summary)
         logger.info("handshake: site %s (node %d) holds %d patches in %d metadata cells",
                     site_id, node, summary.num_patches, len(summary.cells))
